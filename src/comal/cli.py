@@ -1,0 +1,166 @@
+"""``comal`` command line: preference games now; the LLM pipeline joins it later.
+
+Errors in the input print one line (``error: …``) on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from comal.games import GENERATORS, GameError, duality_gap, load_game, nash_lp
+from comal.rules import RULES, make_rule
+from comal.tabular import THRESHOLDS, initial_policy, run
+
+app = typer.Typer(help="Align models with general preferences by finding the Nash policy.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+game_app = typer.Typer(help="Tabular preference games: exact Nash, update rules, the papers' study.",
+                       no_args_is_help=True)
+app.add_typer(game_app, name="game")
+console = Console()
+errors = Console(stderr=True)
+
+
+def user_errors(command):
+    """Turn bad input (GameError, ValueError) into one line on stderr and exit code 2."""
+
+    @wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (GameError, ValueError, FileNotFoundError) as error:
+            errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _progress(total: int, description: str) -> Progress:
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=errors, transient=True,
+                        disable=not sys.stderr.isatty())
+    progress.add_task(description, total=total)
+    return progress
+
+
+def _steps(value: int | None) -> str:
+    return "not reached" if value is None else f"{value:,}"
+
+
+@game_app.command("nash")
+@user_errors
+def nash_command(matrix: Path = typer.Argument(..., help=".npy, .csv or .json preference matrix (or a stack)"),
+                 as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Exact Nash policy by linear programming (HiGHS) and its duality gap."""
+    game = load_game(matrix)
+    policy = nash_lp(game)
+    gap = duality_gap(game, policy)
+    if as_json:
+        print(json.dumps({"nash": policy[0].tolist() if len(policy) == 1 else policy.tolist(),
+                          "duality_gap": gap}))
+        return
+    table = Table("prompt", "Nash policy", title=f"Nash by LP (duality gap {gap:.2e})")
+    for x, row in enumerate(policy):
+        table.add_row(str(x), np.array2string(row, precision=5, suppress_small=True, max_line_width=100))
+    console.print(table)
+
+
+@game_app.command("run")
+@user_errors
+def run_command(
+    matrix: Path = typer.Argument(..., help=".npy, .csv or .json preference matrix (or a stack)"),
+    algorithm: str = typer.Option("comal", "--algorithm", "-a", help=f"one of: {', '.join(RULES)}"),
+    iterations: int = typer.Option(10_000, "--iterations", "-T", help="number of updates"),
+    eta: Optional[float] = typer.Option(None, help="step size η (default: from the game's payoff scale)"),
+    tau: Optional[float] = typer.Option(None, help="KL regularisation τ toward the reference μ"),
+    init: str = typer.Option("uniform", help="'uniform', 'random' (Dirichlet, --seed) or weights a,b,c"),
+    seed: int = typer.Option(0, help="seed of --init random"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+):
+    """Run one update rule and report its last iterate against the exact Nash."""
+    game = load_game(matrix)
+    n = game.shape[-1]
+    start = (np.random.default_rng(seed).dirichlet(np.ones(n)) if init.strip() == "random"
+             else initial_policy(init, n))
+    given = {key: value for key, value in {"eta": eta, "tau": tau}.items() if value is not None}
+    rule = make_rule(algorithm, game, **given)
+    with _progress(iterations, f"{algorithm}") as progress:
+        result = run(rule, game, start, iterations, nash=nash_lp(game),
+                     on_step=lambda t: progress.update(progress.task_ids[0], completed=t))
+    if as_json:
+        print(json.dumps(result.to_json()))
+        return
+    table = Table("algorithm", "η", "τ", "final gap", "KL to Nash",
+                  *(f"steps to {t:g}" for t in THRESHOLDS), title=f"{iterations:,} iterations")
+    table.add_row(algorithm, f"{rule.eta:.4g}", f"{rule.tau:.4g}", f"{result.duality_gap:.2e}",
+                  f"{result.kl_to_nash:.2e}", *(_steps(result.steps_to[t]) for t in THRESHOLDS))
+    console.print(table)
+
+
+@game_app.command("generate")
+@user_errors
+def generate_command(
+    kind: str = typer.Argument(..., help=f"one of: {', '.join(GENERATORS)}"),
+    out: Path = typer.Option(..., "--out", "-o", help="file to write (.npy or .json)"),
+    n: int = typer.Option(10, "--n", help="number of responses per prompt"),
+    prompts: int = typer.Option(1, help="number of prompts"),
+    seed: int = typer.Option(0, help="random seed"),
+):
+    """Write a seeded preference game to a file."""
+    if kind not in GENERATORS:
+        raise ValueError(f"unknown game '{kind}'; choose one of: {', '.join(GENERATORS)}")
+    if n < 1 or prompts < 1:
+        raise ValueError("--n and --prompts must be at least 1")
+    game = GENERATORS[kind](n=n, prompts=prompts, seed=seed)
+    if out.suffix == ".npy":
+        np.save(out, game)
+    elif out.suffix == ".json":
+        out.write_text(json.dumps(game.tolist()))
+    else:
+        raise ValueError(f"--out must end in .npy or .json, got '{out.name}'")
+    console.print(f"wrote {kind} game {list(game.shape)} to {out}")
+
+
+@game_app.command("reproduce")
+@user_errors
+def reproduce_command(out: Path = typer.Option(Path("runs/reproduce"), "--out", "-o",
+                                              help="folder for the plots, JSON and CSV")):
+    """The papers' synthetic study: every rule on the 3×3 game and a 50-action intransitive game."""
+    from comal.reproduce import default_studies, run_study
+
+    studies = default_studies()
+    total = len(RULES) * sum(study.iterations for study in studies)
+    done: dict[str, int] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=errors) as progress:
+        task = progress.add_task("reproduce", total=total)
+
+        def advance(key: str, t: int) -> None:
+            done[key] = t
+            if t % 500 == 0:
+                progress.update(task, completed=sum(done.values()), description=key)
+
+        rows = run_study(studies, out, on_step=advance)
+    table = Table("game", "rule", "η", "τ", "final gap", "KL to Nash",
+                  *(f"steps to {t:g}" for t in THRESHOLDS), "converged (last iterate)?",
+                  title="Last iterates (converged: gap ≤ 1e-6)")
+    for row in rows:
+        table.add_row(row["game"], row["algorithm"], f"{row['eta']:.3g}", f"{row['tau']:.3g}",
+                      f"{row['duality_gap']:.2e}", f"{row['kl_to_nash']:.2e}",
+                      *(_steps(row[f"steps_to_{t:g}"]) for t in THRESHOLDS),
+                      "[green]yes[/]" if row["converged"] else "[red]no[/]")
+    console.print(table)
+    console.print(f"plots and numbers in {out}/: trajectories_3x3.png, convergence.png, results.json, results.csv")
+
+
+def main() -> None:
+    app()

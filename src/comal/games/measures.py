@@ -1,0 +1,43 @@
+"""Exact measures of a policy in a preference game (per prompt, then averaged over prompts).
+
+``policy`` arrays are ``[prompts, n]`` (or ``[n]`` for a one-prompt game) and rows sum to one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import xlogy
+
+
+def win_rates(game: np.ndarray, policy: np.ndarray) -> np.ndarray:
+    """``P(y ≻ π)`` for every response: the batched mat-vec ``P π``."""
+    policy = np.broadcast_to(policy, game.shape[:2])
+    return np.matmul(game, policy[..., None])[..., 0]
+
+
+def advantage(game: np.ndarray, policy: np.ndarray) -> np.ndarray:
+    """``a_π(y) = P(y ≻ π) − 1/2``, the payoff of each response against ``π``."""
+    return win_rates(game, policy) - 0.5
+
+
+def gap_from_advantage(advantages: np.ndarray) -> np.ndarray:
+    """Per-prompt duality gap ``2 · max_y a_π(y)`` from precomputed advantages."""
+    return 2.0 * advantages.max(axis=-1)
+
+
+def duality_gap(game: np.ndarray, policy: np.ndarray) -> float:
+    """``DG(π) = 2 · max_y P(y ≻ π) − 1``, averaged over prompts; zero exactly at a Nash policy."""
+    return float(np.mean(np.maximum(gap_from_advantage(advantage(game, policy)), 0.0)))
+
+
+def best_response_win_rate(game: np.ndarray, policy: np.ndarray) -> float:
+    """``max_y P(y ≻ π)`` averaged over prompts: how often the best reply beats ``π`` (= (1 + DG)/2)."""
+    return float(np.mean(win_rates(game, policy).max(axis=-1)))
+
+
+def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """``KL(p ‖ q) = Σ p log(p / q)`` per prompt, averaged over prompts (``inf`` where q misses p's support)."""
+    p, q = np.broadcast_arrays(np.atleast_2d(p), np.atleast_2d(q))
+    with np.errstate(divide="ignore"):
+        per_prompt = np.sum(xlogy(p, p) - xlogy(p, q), axis=-1)
+    return float(np.mean(per_prompt))

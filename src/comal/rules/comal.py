@@ -1,0 +1,82 @@
+"""COMAL (Liu et al. 2024, arXiv 2410.23223): the conceptual prox-method made practical.
+
+Outer loop (Algorithm 1): ``μ_{k+1} ≈ π*_τ(μ_k)``, the Nash of the game regularised toward the
+current reference; implicitly ``μ_{k+1} = Prox(μ_k, a_{μ_{k+1}}/τ)``, a proximal-point step, so
+``KL(π*‖μ_{k+1}) ≤ KL(π*‖μ_k) − KL(μ_{k+1}‖μ_k)`` (Theorem 1) and the last iterate converges to
+an exact Nash policy. Inner loop (Algorithm 2): an inner rule with a reference (INPO by
+default) solves each regularised subgame, started from the current policy. The reference moves
+``μ ← π_t`` after ``period`` inner steps (the LLM setting) or sooner, once the subgame is
+solved to a relative accuracy: the fixed-point residual ``max|log π − log softmax(log μ + a_π/τ)|``
+is below ``tolerance · max|log π − log μ|``, the distance the subgame has moved from μ. A
+relative test is what inexact proximal-point methods need (errors shrink with the steps); an
+absolute one would move μ every step near the Nash and turn COMAL back into MWU.
+Sampled form: that of the inner rule, with μ the latest reference checkpoint.
+
+Defaults on a game with payoff scale ``L = max|P − 1/2|``: the inner rule is extragradient
+(mirror-prox on ``J_τ``, ``η = 1/L``) with ``τ = L/300``. A proximal-point step contracts a
+rotation mode of speed ω by ``1/√(1 + ω²/τ²)``, so τ must be small for the slow modes of large
+games; mirror-prox solves a subgame in O(ω/τ) steps where INPO needs O(ω²/τ²), because INPO is
+only stable for ``η < 2τ/(τ² + ω²)``. INPO (the paper's LLM recipe, ``inner="inpo"``) keeps its
+own defaults (``τ = L/4``) and converges too, more slowly (see README, "Results").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from comal.games import fixed_point_residual
+from comal.rules.base import CURRENT, REFERENCE, Rule, check_period
+from comal.rules.extragradient import Extragradient
+from comal.rules.inpo import INPO
+from comal.rules.mpo import MPO
+from comal.rules.nash_md import NashMD
+
+INNER_RULES = {rule.name: rule for rule in (INPO, NashMD, MPO, Extragradient)}
+
+
+@dataclass(frozen=True)
+class Comal(Rule):
+    name = "comal"
+    keeps = (CURRENT, REFERENCE)
+    inner: str = "inpo"  # rule that solves each regularised subgame: inpo, nash-md, mpo, extragradient
+    period: int | None = 2000  # move the reference after at most this many inner steps
+    tolerance: float = 0.1  # ... or once residual ≤ tolerance · distance moved from μ
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.inner not in INNER_RULES:
+            raise ValueError(f"comal: unknown inner rule '{self.inner}'; choose one of {sorted(INNER_RULES)}")
+        check_period(self.name, self.period)
+        if not 0 <= self.tolerance < 1:
+            raise ValueError(f"comal: tolerance is relative and must be in [0, 1), got {self.tolerance}")
+        if self.tau <= 0:
+            raise ValueError("comal: tau must be positive (each subgame is regularised toward μ)")
+        self.inner_rule  # validates η, τ for the inner rule
+
+    @classmethod
+    def for_game(cls, scale: float, **overrides) -> "Comal":
+        overrides.setdefault("inner", Extragradient.name)
+        if overrides["inner"] == Extragradient.name:
+            hyper = {"eta": 1.0 / scale, "tau": scale / 300}
+        else:
+            hyper = {k: overrides[k] for k in ("eta", "tau") if k in overrides}
+            inner = INNER_RULES[overrides["inner"]].for_game(scale, **hyper) if overrides["inner"] in INNER_RULES else None
+            hyper = {"eta": inner.eta, "tau": inner.tau} if inner else {"eta": 1.0, "tau": 1.0}
+        return cls(**{**hyper, **overrides})
+
+    @property
+    def inner_rule(self) -> Rule:
+        extra = {"period": None} if self.inner == MPO.name else {}
+        return INNER_RULES[self.inner](eta=self.eta, tau=self.tau, **extra)
+
+    def prox_steps(self):
+        return self.inner_rule.prox_steps()
+
+    def reference_due(self, state, advantages):
+        if self.period is not None and state.since_reference >= self.period:
+            return True
+        current, reference = state.policies[CURRENT], state.policies[REFERENCE]
+        residual = fixed_point_residual(current, reference, advantages[CURRENT], self.tau)
+        return residual <= self.tolerance * float(np.max(np.abs(current - reference)))

@@ -1,0 +1,39 @@
+"""MPO (Wang et al. 2024, arXiv 2410.16714): magnetic mirror descent with a refreshed magnet.
+
+Tabular: ``log π_{t+1} = (log π_t + ητ log μ + η a_{π_t}) / (1 + ητ)`` — the KL to the magnet μ
+taken implicitly, stable for any η when τ ≥ the game's rotation speed — and ``μ ← π_t`` every
+``period`` steps. Sampled form: anchor ``(log π_t + ητ log μ)/(1 + ητ)``, step ``η/(1 + ητ)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from comal.rules.base import CURRENT, REFERENCE, ProxStep, Rule, check_period
+
+
+@dataclass(frozen=True)
+class MPO(Rule):
+    name = "mpo"
+    keeps = (CURRENT, REFERENCE)
+    period: int | None = 100  # magnet refresh every this many steps; None: never
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_period(self.name, self.period)
+
+    @classmethod
+    def for_game(cls, scale: float, **overrides) -> "MPO":
+        tau = overrides.pop("tau", scale)
+        # the implicit step multiplies a mode iω by (1 + iηω)/(1 + ητ): it contracts for every
+        # |ω| ≤ scale when η (scale² − τ²) < 2τ; take half that bound, and at most 1/scale
+        eta = 1.0 / scale if tau >= scale else min(1.0 / scale, tau / (scale**2 - tau**2))
+        return cls(**{"eta": eta, "tau": tau, **overrides})
+
+    def prox_steps(self):
+        shrink = 1.0 + self.eta * self.tau
+        return (ProxStep(CURRENT, {CURRENT: 1 / shrink, REFERENCE: self.eta * self.tau / shrink},
+                         CURRENT, self.eta / shrink),)
+
+    def reference_due(self, state, advantages):
+        return self.period is not None and state.since_reference >= self.period

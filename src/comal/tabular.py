@@ -1,0 +1,121 @@
+"""Run a rule on a tabular game and record what a user compares: gap, KL to Nash, thresholds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from comal.games import gap_from_advantage, kl_divergence, win_rates
+from comal.rules import CURRENT, REFERENCE, Rule
+
+THRESHOLDS = (1e-3, 1e-6)
+
+
+@dataclass
+class RunResult:
+    """A finished run: the last iterate, its gap, and the history of the last iterate."""
+
+    algorithm: str
+    policy: np.ndarray  # final iterate, [prompts, n]
+    duality_gap: float
+    kl_to_nash: float | None
+    history: list[dict] = field(default_factory=list)  # iteration, duality_gap, kl_to_nash
+    steps_to: dict[float, int | None] = field(default_factory=dict)  # first iteration with gap ≤ t
+    reference_kl: list[float] = field(default_factory=list)  # KL(π*‖μ_k) at every reference move
+    trajectory: np.ndarray | None = None  # policies at the recorded iterations, if asked
+
+    def to_json(self) -> dict:
+        return {
+            "algorithm": self.algorithm,
+            "policy": _policy_json(self.policy),
+            "duality_gap": self.duality_gap,
+            "kl_to_nash": self.kl_to_nash,
+            "steps_to": {f"{t:g}": s for t, s in self.steps_to.items()},
+            "reference_kl": self.reference_kl,
+            "history": self.history,
+        }
+
+
+def _policy_json(policy: np.ndarray) -> list:
+    """One list for a one-prompt game, a list of lists otherwise."""
+    return policy[0].tolist() if len(policy) == 1 else policy.tolist()
+
+
+def record_points(iterations: int, points: int = 200) -> set[int]:
+    """Iterations to record: ``points`` spread evenly over ``0..iterations`` (all when fewer)."""
+    return set(np.unique(np.linspace(0, iterations, min(points, iterations + 1)).round().astype(int)).tolist())
+
+
+def initial_policy(init: str | np.ndarray | None, n: int) -> np.ndarray:
+    """``None``/"uniform" or weights ``a,b,c`` (a string or array of n positive numbers), normalised."""
+    if init is None or (isinstance(init, str) and init.strip() == "uniform"):
+        return np.full(n, 1.0 / n)
+    try:
+        weights = np.array([float(v) for v in init.split(",")]) if isinstance(init, str) else np.asarray(init, float)
+    except ValueError:
+        raise ValueError(f"init '{init}' is not 'uniform' or comma-separated numbers like 0.2,0.5,0.3") from None
+    if weights.shape != (n,):
+        raise ValueError(f"init has {weights.size} weights but the game has {n} actions; give one per action")
+    if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
+        raise ValueError("init weights must be positive: every action needs probability > 0 "
+                         "(the Nash must lie in the initial support)")
+    return weights / weights.sum()
+
+
+def run(rule: Rule, game: np.ndarray, init: np.ndarray, iterations: int, *,
+        nash: np.ndarray | None = None, until: float | None = None, points: int = 200,
+        keep_trajectory: bool = False, on_step: Callable[[int], None] | None = None) -> RunResult:
+    """Run ``rule`` for ``iterations`` steps from ``init`` and record the last iterate.
+
+    The gap of π_t comes free from the advantage the step computes; it is checked against
+    :data:`THRESHOLDS` at every iteration, and stored at ``points`` iterations spread over the
+    run (and at the end). With ``until``, the run stops at the first iterate whose gap is at most
+    ``until`` and returns that iterate.
+    """
+    if iterations < 0:
+        raise ValueError(f"iterations must be ≥ 0, got {iterations}")
+    state = rule.init(np.log(np.broadcast_to(init, game.shape[:2])))
+    recorded = record_points(iterations, points)
+    result = RunResult(rule.name, np.empty(0), np.nan, None, steps_to={t: None for t in THRESHOLDS})
+    snapshots = []
+
+    def observe(t: int, log_policy: np.ndarray, current_advantage: np.ndarray | None, last: bool) -> float:
+        policy = np.exp(log_policy)
+        if current_advantage is None:
+            current_advantage = win_rates(game, policy) - 0.5
+        gap = float(np.mean(np.maximum(gap_from_advantage(current_advantage), 0.0)))
+        for threshold, reached in result.steps_to.items():
+            if reached is None and gap <= threshold:
+                result.steps_to[threshold] = t
+        if t in recorded or last:
+            kl = kl_divergence(nash, policy) if nash is not None else None
+            result.history.append({"iteration": t, "duality_gap": gap, "kl_to_nash": kl})
+            if keep_trajectory:
+                snapshots.append(policy)
+        return gap
+
+    t, stopped = 0, False
+    for t in range(iterations):
+        next_state, advantages = rule.update(game, state)
+        gap = observe(t, state.policies[CURRENT], advantages.get(CURRENT), last=False)
+        stopped = until is not None and gap <= until
+        if stopped:
+            break
+        if nash is not None and next_state.reference_updates > state.reference_updates:
+            result.reference_kl.append(kl_divergence(nash, np.exp(next_state.policies[REFERENCE])))
+        state = next_state
+        if on_step is not None:
+            on_step(t + 1)
+    else:
+        t = iterations
+    if not (stopped and result.history and result.history[-1]["iteration"] == t):
+        observe(t, state.policies[CURRENT], None, last=True)
+    result.duality_gap = result.history[-1]["duality_gap"]
+    result.policy = np.exp(state.policies[CURRENT])
+    if nash is not None:
+        result.kl_to_nash = kl_divergence(nash, result.policy)
+    if keep_trajectory:
+        result.trajectory = np.stack(snapshots)
+    return result
