@@ -26,7 +26,7 @@ app = typer.Typer(help="Align models with general preferences by finding the Nas
 game_app = typer.Typer(help="Tabular preference games: exact Nash, update rules, the papers' study.",
                        no_args_is_help=True)
 app.add_typer(game_app, name="game")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True)
 
 
@@ -88,11 +88,11 @@ def run_command(
 ):
     """Run one update rule and report its last iterate against the exact Nash."""
     game = load_game(matrix)
-    n = game.shape[-1]
-    start = (np.random.default_rng(seed).dirichlet(np.ones(n)) if init.strip() == "random"
-             else initial_policy(init, n))
+    start = initial_policy(init, game.shape[-1], seed=seed)
     given = {key: value for key, value in {"eta": eta, "tau": tau}.items() if value is not None}
     rule = make_rule(algorithm, game, **given)
+    if iterations < 0:
+        raise ValueError(f"iterations must be ≥ 0, got {iterations}")
     with _progress(iterations, f"{algorithm}") as progress:
         result = run(rule, game, start, iterations, nash=nash_lp(game),
                      on_step=lambda t: progress.update(progress.task_ids[0], completed=t))
@@ -132,12 +132,19 @@ def generate_command(
 
 @game_app.command("reproduce")
 @user_errors
-def reproduce_command(out: Path = typer.Option(Path("runs/reproduce"), "--out", "-o",
-                                              help="folder for the plots, JSON and CSV")):
-    """The papers' synthetic study: every rule on the 3×3 game and a 50-action intransitive game."""
+def reproduce_command(
+    out: Path = typer.Option(Path("runs/reproduce"), "--out", "-o", help="folder for the plots, JSON and CSV"),
+    size: int = typer.Option(50, help="actions of the random intransitive game"),
+    seed: int = typer.Option(0, help="seed of the random intransitive game"),
+    iterations_3x3: int = typer.Option(5_000, help="iterations on the 3×3 game"),
+    iterations_random: int = typer.Option(30_000, help="iterations on the random game"),
+):
+    """The papers' synthetic study: every rule on the 3×3 game and a random intransitive game."""
     from comal.reproduce import default_studies, run_study
 
-    studies = default_studies()
+    if size < 2 or iterations_3x3 < 1 or iterations_random < 1:
+        raise ValueError("--size must be at least 2 and the iteration counts at least 1")
+    studies = default_studies(size, seed, iterations_3x3, iterations_random)
     total = len(RULES) * sum(study.iterations for study in studies)
     done: dict[str, int] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -150,11 +157,12 @@ def reproduce_command(out: Path = typer.Option(Path("runs/reproduce"), "--out", 
                 progress.update(task, completed=sum(done.values()), description=key)
 
         rows = run_study(studies, out, on_step=advance)
-    table = Table("game", "rule", "η", "τ", "final gap", "KL to Nash",
+    table = Table("game", "rule", "η", "τ", "evals/step", "final gap", "KL to Nash",
                   *(f"steps to {t:g}" for t in THRESHOLDS), "converged (last iterate)?",
                   title="Last iterates (converged: gap ≤ 1e-6)")
     for row in rows:
         table.add_row(row["game"], row["algorithm"], f"{row['eta']:.3g}", f"{row['tau']:.3g}",
+                      str(row["evaluations_per_step"]),
                       f"{row['duality_gap']:.2e}", f"{row['kl_to_nash']:.2e}",
                       *(_steps(row[f"steps_to_{t:g}"]) for t in THRESHOLDS),
                       "[green]yes[/]" if row["converged"] else "[red]no[/]")

@@ -24,7 +24,7 @@ class RunResult:
     history: list[dict] = field(default_factory=list)  # iteration, duality_gap, kl_to_nash
     steps_to: dict[float, int | None] = field(default_factory=dict)  # first iteration with gap ≤ t
     reference_kl: list[float] = field(default_factory=list)  # KL(π*‖μ_k) at every reference move
-    trajectory: np.ndarray | None = None  # policies at the recorded iterations, if asked
+    trajectory: np.ndarray | None = None  # the policy at every iteration, if asked
 
     def to_json(self) -> dict:
         return {
@@ -48,10 +48,12 @@ def record_points(iterations: int, points: int = 200) -> set[int]:
     return set(np.unique(np.linspace(0, iterations, min(points, iterations + 1)).round().astype(int)).tolist())
 
 
-def initial_policy(init: str | np.ndarray | None, n: int) -> np.ndarray:
-    """``None``/"uniform" or weights ``a,b,c`` (a string or array of n positive numbers), normalised."""
+def initial_policy(init: str | np.ndarray | None, n: int, *, seed: int = 0) -> np.ndarray:
+    """``None``/"uniform", "random" (Dirichlet(1), seeded) or weights ``a,b,c`` (n positive numbers)."""
     if init is None or (isinstance(init, str) and init.strip() == "uniform"):
         return np.full(n, 1.0 / n)
+    if isinstance(init, str) and init.strip() == "random":
+        return np.random.default_rng(seed).dirichlet(np.ones(n))
     try:
         weights = np.array([float(v) for v in init.split(",")]) if isinstance(init, str) else np.asarray(init, float)
     except ValueError:
@@ -92,8 +94,8 @@ def run(rule: Rule, game: np.ndarray, init: np.ndarray, iterations: int, *,
         if t in recorded or last:
             kl = kl_divergence(nash, policy) if nash is not None else None
             result.history.append({"iteration": t, "duality_gap": gap, "kl_to_nash": kl})
-            if keep_trajectory:
-                snapshots.append(policy)
+        if keep_trajectory and not (last and snapshots and len(snapshots) > t):
+            snapshots.append(policy)
         return gap
 
     t, stopped = 0, False

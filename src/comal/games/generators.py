@@ -12,15 +12,19 @@ def paper_3x3() -> np.ndarray:
 
 
 def _preference(logits: np.ndarray) -> np.ndarray:
-    """``σ(z)`` of antisymmetric logits, made exactly complementary (``P + Pᵀ = 1``)."""
-    upper = np.triu(expit(logits), k=1)
-    return upper + np.swapaxes(1.0 - upper, -1, -2) * np.tri(logits.shape[-1], k=-1) + 0.5 * np.eye(logits.shape[-1])
+    """``σ(z)`` of antisymmetric logits ``[prompts, n, n]``, in place, made exactly complementary."""
+    game = expit(logits, out=logits)
+    lower = np.tril_indices(game.shape[-1], k=-1)
+    for matrix in game:  # one prompt at a time keeps the peak memory near one matrix
+        matrix[lower] = 1.0 - matrix.T[lower]
+        np.fill_diagonal(matrix, 0.5)
+    return game
 
 
 def bradley_terry(n: int, prompts: int = 1, *, scale: float = 2.0, seed: int = 0) -> np.ndarray:
     """Transitive game ``P(y_i ≻ y_j) = σ(r_i − r_j)`` with rewards ``r ~ N(0, scale²)``; Nash is pure."""
     rewards = np.random.default_rng(seed).normal(scale=scale, size=(prompts, n))
-    return _preference(rewards[:, :, None] - rewards[:, None, :])
+    return _preference(np.subtract(rewards[:, :, None], rewards[:, None, :]))
 
 
 def random_intransitive(n: int, prompts: int = 1, *, rank: int = 4, scale: float = 4.0,
@@ -32,8 +36,12 @@ def random_intransitive(n: int, prompts: int = 1, *, rank: int = 4, scale: float
     """
     rng = np.random.default_rng(seed)
     u, v = rng.normal(size=(2, prompts, n, rank))
-    skew = u @ np.swapaxes(v, -1, -2)
-    return _preference(scale * (skew - np.swapaxes(skew, -1, -2)) / np.sqrt(rank))
+    logits = np.empty((prompts, n, n))
+    for x in range(prompts):
+        np.matmul(u[x], v[x].T, out=logits[x])
+        logits[x] -= logits[x].T.copy()
+        logits[x] *= scale / np.sqrt(rank)
+    return _preference(logits)
 
 
 def bradley_terry_cyclic(n: int, prompts: int = 1, *, weight: float = 0.5, rank: int = 4,

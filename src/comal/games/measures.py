@@ -40,4 +40,4 @@ def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
     p, q = np.broadcast_arrays(np.atleast_2d(p), np.atleast_2d(q))
     with np.errstate(divide="ignore"):
         per_prompt = np.sum(xlogy(p, p) - xlogy(p, q), axis=-1)
-    return float(np.mean(per_prompt))
+    return float(np.mean(np.maximum(per_prompt, 0.0)))  # ≥ 0; clips rounding noise

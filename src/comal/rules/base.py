@@ -15,6 +15,7 @@ so a rule is defined once and has two forms. Policies are arrays ``[prompts, n]`
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Mapping, NamedTuple
 
@@ -51,7 +52,7 @@ class State(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Rule:
+class Rule(ABC):
     """Hyper-parameters of a rule plus its pure ``init`` and ``update`` functions.
 
     Subclasses set ``name``, the policies they keep and :meth:`prox_steps`; rules with a moving
@@ -71,13 +72,17 @@ class Rule:
             raise ValueError(f"{self.name}: tau must be a non-negative finite number, got {self.tau}")
 
     @classmethod
+    @abstractmethod
     def for_game(cls, scale: float, **overrides) -> "Rule":
         """Defaults for a game whose payoffs ``P − 1/2`` are at most ``scale`` in size."""
-        raise NotImplementedError(f"{cls.__name__} must define its defaults")
 
+    @abstractmethod
     def prox_steps(self) -> tuple[ProxStep, ...]:
         """The rule's definition, shared by the tabular update and the sampled loss."""
-        raise NotImplementedError(f"{type(self).__name__} must define its prox steps")
+
+    def advantage_evaluations(self) -> int:
+        """Advantages evaluated per step: mat-vecs here, rounds of sampling for an LLM."""
+        return len({step.advantage_of for step in self.prox_steps() if step.advantage_of is not None})
 
     def reference_due(self, state: State, advantages: Mapping[str, np.ndarray]) -> bool:
         """Whether to set the reference μ ← π_t before this step (COMAL, MPO)."""

@@ -13,7 +13,7 @@ absolute one would move μ every step near the Nash and turn COMAL back into MWU
 Sampled form: that of the inner rule, with μ the latest reference checkpoint.
 
 Defaults on a game with payoff scale ``L = max|P − 1/2|``: the inner rule is extragradient
-(mirror-prox on ``J_τ``, ``η = 1/L``) with ``τ = L/300``. A proximal-point step contracts a
+(mirror-prox on ``J_τ``, ``η = 1/L``) with ``τ = L/1000``. A proximal-point step contracts a
 rotation mode of speed ω by ``1/√(1 + ω²/τ²)``, so τ must be small for the slow modes of large
 games; mirror-prox solves a subgame in O(ω/τ) steps where INPO needs O(ω²/τ²), because INPO is
 only stable for ``η < 2τ/(τ² + ω²)``. INPO (the paper's LLM recipe, ``inner="inpo"``) keeps its
@@ -57,14 +57,16 @@ class Comal(Rule):
 
     @classmethod
     def for_game(cls, scale: float, **overrides) -> "Comal":
-        overrides.setdefault("inner", Extragradient.name)
-        if overrides["inner"] == Extragradient.name:
-            hyper = {"eta": 1.0 / scale, "tau": scale / 300}
+        inner = overrides.setdefault("inner", Extragradient.name)
+        if inner == Extragradient.name:
+            defaults = {"eta": 1.0 / scale, "tau": scale / 1000}
+        elif inner in INNER_RULES:  # the inner rule's own defaults, given any η or τ passed in
+            given = {key: overrides[key] for key in ("eta", "tau") if key in overrides}
+            rule = INNER_RULES[inner].for_game(scale, **given)
+            defaults = {"eta": rule.eta, "tau": rule.tau}
         else:
-            hyper = {k: overrides[k] for k in ("eta", "tau") if k in overrides}
-            inner = INNER_RULES[overrides["inner"]].for_game(scale, **hyper) if overrides["inner"] in INNER_RULES else None
-            hyper = {"eta": inner.eta, "tau": inner.tau} if inner else {"eta": 1.0, "tau": 1.0}
-        return cls(**{**hyper, **overrides})
+            defaults = {"eta": 1.0, "tau": 1.0}  # __post_init__ names the unknown inner rule
+        return cls(**{**defaults, **overrides})
 
     @property
     def inner_rule(self) -> Rule:

@@ -19,8 +19,8 @@ class MWU(Rule):
 
     @classmethod
     def for_game(cls, scale: float, **overrides) -> "MWU":
-        # η·scale = 1/4: a visible spiral, neither frozen nor jumping to pure strategies at once
-        return cls(**{"eta": 0.25 / scale, **overrides})
+        # η·scale = 1/10: the outward spiral is visible before the iterate reaches the boundary
+        return cls(**{"eta": 0.1 / scale, **overrides})
 
     def prox_steps(self):
         return (ProxStep(CURRENT, {CURRENT: 1.0}, CURRENT, self.eta),)

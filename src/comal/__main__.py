@@ -1,0 +1,3 @@
+from comal.cli import main
+
+main()

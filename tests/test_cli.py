@@ -1,0 +1,117 @@
+"""The CLI contract other tools rely on: JSON shapes, exit codes, files written."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from comal.cli import app
+from comal.games import paper_3x3, random_intransitive
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def paper_file(tmp_path):
+    path = tmp_path / "paper.json"
+    path.write_text(json.dumps(paper_3x3()[0].tolist()))
+    return path
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+def test_nash_json(paper_file):
+    result = invoke("game", "nash", paper_file, "--json")
+    assert result.exit_code == 0
+    payload = json.loads(result.stdout)
+    np.testing.assert_allclose(payload["nash"], [4 / 11, 3 / 11, 4 / 11], atol=1e-9)
+    assert isinstance(payload["duality_gap"], float) and payload["duality_gap"] < 1e-12
+
+
+def test_nash_json_several_prompts(tmp_path):
+    path = tmp_path / "stack.npy"
+    np.save(path, random_intransitive(6, 3, seed=0))
+    payload = json.loads(invoke("game", "nash", path, "--json").stdout)
+    assert np.array(payload["nash"]).shape == (3, 6)
+
+
+def test_run_json_contract(paper_file):
+    result = invoke("game", "run", paper_file, "--algorithm", "comal", "--iterations", 3000,
+                    "--init", "0.2,0.5,0.3", "--seed", 1, "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["algorithm"] == "comal"
+    assert len(payload["policy"]) == 3 and payload["duality_gap"] < 1e-6
+    history = payload["history"]
+    assert len(history) >= 100
+    assert {"iteration", "duality_gap", "kl_to_nash"} <= set(history[0])
+    assert history[0]["iteration"] == 0 and history[-1]["iteration"] == 3000
+
+
+def test_run_with_eta_tau_and_random_init(paper_file):
+    result = invoke("game", "run", paper_file, "-a", "inpo", "-T", 500, "--eta", 0.5, "--tau", 0.1,
+                    "--init", "random", "--seed", 3, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["duality_gap"] > 0.01
+
+
+def test_run_table_reports_steps_to_thresholds(paper_file):
+    result = invoke("game", "run", paper_file, "-a", "mwu", "-T", 300)
+    assert result.exit_code == 0
+    assert "not reached" in result.stdout and "steps to" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["game", "run", "{bad}"], "P[0,1] + P[1,0] = 0.9"),
+    (["game", "nash", "{missing}"], "no such file"),
+    (["game", "run", "{paper}", "-a", "nope"], "unknown algorithm 'nope'"),
+    (["game", "run", "{paper}", "--init", "1,2"], "init has 2 weights"),
+    (["game", "run", "{paper}", "--init", "0,1,1"], "must be positive"),
+    (["game", "run", "{paper}", "--eta", "-1"], "eta must be a positive"),
+    (["game", "run", "{paper}", "-T", "-5"], "iterations must be ≥ 0"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, paper_file, args, message):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[[0.5, 0.2], [0.7, 0.5]]")
+    names = {"{bad}": bad, "{missing}": tmp_path / "missing.npy", "{paper}": paper_file}
+    result = invoke(*[names.get(a, a) for a in args])
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_generate_then_run(tmp_path):
+    path = tmp_path / "g.npy"
+    assert invoke("game", "generate", "bt-cyclic", "--n", 8, "--prompts", 2, "--out", path).exit_code == 0
+    payload = json.loads(invoke("game", "run", path, "-T", 2000, "--json").stdout)
+    assert np.array(payload["policy"]).shape == (2, 8)
+
+
+def test_reproduce_writes_plots_and_numbers(tmp_path):
+    out = tmp_path / "study"
+    result = invoke("game", "reproduce", "--out", out, "--size", 12,
+                    "--iterations-3x3", 1500, "--iterations-random", 3000)
+    assert result.exit_code == 0, result.output
+    for name in ("trajectories_3x3.png", "convergence.png", "results.json", "results.csv"):
+        assert (out / name).stat().st_size > 1000
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    rows = {(row["game"], row["algorithm"]): row for row in summary}
+    assert rows[("3x3", "comal")]["converged"] and not rows[("3x3", "mwu")]["converged"]
+    assert rows[("3x3", "inpo")]["steps_to_1e-06"] is None
+    assert "converged (last iterate)?" in result.stdout
+
+
+def test_console_script_exit_code(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("0.5,2\n-1,0.5\n")
+    completed = subprocess.run([sys.executable, "-m", "comal", "game", "nash", str(bad)],
+                               capture_output=True, text=True)
+    assert completed.returncode == 2
+    assert completed.stderr.startswith("error:") and "outside [0, 1]" in completed.stderr
