@@ -1,0 +1,229 @@
+"""Pairwise preference oracles: the probability that response ``first`` beats ``second``.
+
+Every judge returns ``P(first ≻ second | prompt)`` for a batch of ordered pairs, with NaN where it
+could not give one (an LLM judge whose answer tokens got no probability mass, say): failures are
+counted by :func:`judge_samples`, never replaced by a coin flip. :func:`judge_samples` asks both
+orders of every pair and averages them, ``(P(a ≻ b) + 1 − P(b ≻ a)) / 2``, to cancel position bias.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+
+class Judge(ABC):
+    """``P(first ≻ second | prompt)`` for batches of ordered pairs (NaN: no judgement)."""
+
+    @abstractmethod
+    def prefer(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> np.ndarray:
+        """Probabilities in [0, 1], one per pair, NaN where the judge failed."""
+
+
+class CallableJudge(Judge):
+    """Any ``function(prompt, first, second) -> probability``."""
+
+    def __init__(self, function: Callable[[str, str, str], float]):
+        self.function = function
+
+    def prefer(self, prompts, first, second):
+        return np.array([float(self.function(x, a, b)) for x, a, b in zip(prompts, first, second)])
+
+
+class ScriptedJudge(Judge):
+    """Exact preferences from a table: per prompt, its responses and the matrix ``P[i, j]``."""
+
+    def __init__(self, table: Mapping[str, tuple[Sequence[str], np.ndarray]]):
+        self.index = {prompt: {response: i for i, response in enumerate(responses)}
+                      for prompt, (responses, _) in table.items()}
+        self.matrices = {prompt: np.asarray(matrix, dtype=np.float64) for prompt, (_, matrix) in table.items()}
+
+    def prefer(self, prompts, first, second):
+        try:
+            return np.array([self.matrices[x][self.index[x][a], self.index[x][b]]
+                             for x, a, b in zip(prompts, first, second)])
+        except KeyError as error:
+            raise KeyError(f"the scripted preference has no entry for {error.args[0]!r}") from None
+
+
+class JudgeCache:
+    """Judgements keyed by (prompt, first, second), appended to a JSON-lines file as they come.
+
+    A resumed run reloads the file and judges no pair twice; a line cut short by a kill is skipped.
+    """
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path is not None else None
+        self.values: dict[str, float] = {}
+        if self.path is not None and self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.values[entry["key"]] = float(entry["p"]) if entry["p"] is not None else np.nan
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+
+    @staticmethod
+    def key(prompt: str, first: str, second: str) -> str:
+        return hashlib.sha256("\x00".join((prompt, first, second)).encode()).hexdigest()
+
+    def add(self, keys: Sequence[str], probabilities: np.ndarray) -> None:
+        lines = []
+        for key, p in zip(keys, probabilities):
+            self.values[key] = float(p)
+            lines.append(json.dumps({"key": key, "p": None if np.isnan(p) else float(p)}))
+        if self.path is not None and lines:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as handle:
+                handle.write("\n".join(lines) + "\n")
+
+
+@dataclass
+class Judged:
+    """Win matrix of the samples of one prompt and how many single judgements failed."""
+
+    wins: np.ndarray  # [k, k], wins + winsᵀ = 1 where judged, NaN where both orders failed
+    failures: int
+
+
+def judge_samples(judge: Judge, prompt: str, responses: Sequence[str], cache: JudgeCache | None = None) -> Judged:
+    """Judge every ordered pair of ``responses`` (both orders, averaged), using ``cache`` if given."""
+    cache = cache if cache is not None else JudgeCache()
+    k = len(responses)
+    ordered = [(i, j) for i in range(k) for j in range(k) if i != j]
+    keys = [JudgeCache.key(prompt, responses[i], responses[j]) for i, j in ordered]
+    todo = [n for n, key in enumerate(keys) if key not in cache.values]
+    if todo:
+        probabilities = judge.prefer([prompt] * len(todo), [responses[ordered[n][0]] for n in todo],
+                                     [responses[ordered[n][1]] for n in todo])
+        cache.add([keys[n] for n in todo], np.asarray(probabilities, dtype=np.float64))
+    single = {pair: cache.values[key] for pair, key in zip(ordered, keys)}
+    failures = sum(np.isnan(p) for p in single.values())
+    wins = np.full((k, k), 0.5)
+    for i in range(k):
+        for j in range(i + 1, k):
+            # P(i ≻ j) from both orders: asked as (i, j) and, reversed, as 1 − P(j ≻ i)
+            estimates = [p for p in (single[i, j], 1.0 - single[j, i]) if not np.isnan(p)]
+            wins[i, j] = np.mean(estimates) if estimates else np.nan
+            wins[j, i] = 1.0 - wins[i, j]
+    return Judged(wins, int(failures))
+
+
+def _conversation_text(tokenizer, user: str, assistant: str | None = None) -> str:
+    """The chat template's rendering when the tokenizer has one, else plain text."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": user}]
+        if assistant is None:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": assistant}],
+                                             tokenize=False)
+    return user if assistant is None else f"{user}\n{assistant}"
+
+
+def _last_positions(attention_mask):
+    """Index of the last real token of every row, for left or right padding."""
+    import torch
+
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask * positions).argmax(dim=1)
+
+
+class RewardModelJudge(Judge):
+    """Bradley-Terry judge from a sequence-classification reward model: ``σ(r(x, a) − r(x, b))``.
+
+    Each (prompt, response) is scored once and the score reused for every pair it appears in.
+    """
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 8, max_length: int | None = None):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.batch_size, self.max_length = batch_size, max_length
+        self.scores: dict[tuple[str, str], float] = {}
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        import torch
+
+        todo = list(dict.fromkeys(pair for pair in zip(prompts, responses) if pair not in self.scores))
+        for start in range(0, len(todo), self.batch_size):
+            batch = todo[start:start + self.batch_size]
+            texts = [_conversation_text(self.tokenizer, x, y) for x, y in batch]
+            inputs = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=self.max_length is not None,
+                                    max_length=self.max_length, add_special_tokens=False).to(self.model.device)
+            with torch.no_grad():
+                rewards = self.model(**inputs).logits[:, 0].float().cpu().numpy()
+            self.scores.update(zip(batch, rewards.tolist()))
+        return np.array([self.scores[pair] for pair in zip(prompts, responses)])
+
+    def prefer(self, prompts, first, second):
+        from scipy.special import expit
+
+        return expit(self.score(prompts, first) - self.score(prompts, second))
+
+
+PAIRWISE_TEMPLATE = (
+    "Compare two responses to the same instruction and decide which one follows it better: more "
+    "helpful, more accurate, and more precisely what was asked, whatever its length or style.\n\n"
+    "# Instruction:\n{instruction}\n\n# Output (a):\n{output_1}\n\n# Output (b):\n{output_2}\n\n"
+    'Which output is better? Answer "Output (a)" or "Output (b)".'
+)
+PAIRWISE_ANSWER_PREFIX = "Output ("
+
+
+class LLMJudge(Judge):
+    """A generative judge read off its logits: at the answer position, the probability of the
+    first answer token against the second, ``softmax(logit_a, logit_b)[0] = P(output_1 ≻ output_2)``.
+
+    ``template`` needs ``{instruction}``, ``{output_1}`` and ``{output_2}``; it is sent as the user
+    turn (through the chat template when the tokenizer has one) and ``answer_prefix`` is appended,
+    so the next token is the answer. A judgement where the two answer tokens together get less
+    than ``min_mass`` of the next-token probability is a failure (NaN), counted by the caller.
+    """
+
+    PLACEHOLDERS = ("{instruction}", "{output_1}", "{output_2}")
+
+    def __init__(self, model, tokenizer, *, template: str = PAIRWISE_TEMPLATE,
+                 answer_prefix: str = PAIRWISE_ANSWER_PREFIX, answer_tokens: tuple[str, str] = ("a", "b"),
+                 batch_size: int = 8, min_mass: float = 0.01):
+        missing = [p for p in self.PLACEHOLDERS if p not in template]
+        if missing:
+            raise ValueError(f"judge template lacks the placeholder(s) {', '.join(missing)}; "
+                             "it needs {instruction}, {output_1} and {output_2}")
+        self.answer_ids = []
+        for token in answer_tokens:
+            ids = tokenizer.encode(token, add_special_tokens=False)
+            if len(ids) != 1:
+                raise ValueError(f"answer token {token!r} is {len(ids)} tokens for this tokenizer, not one; "
+                                 "choose answer tokens that are single tokens")
+            self.answer_ids.append(ids[0])
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.template, self.answer_prefix = template, answer_prefix
+        self.batch_size, self.min_mass = batch_size, min_mass
+
+    def fill(self, instruction: str, output_1: str, output_2: str) -> str:
+        """The template with its placeholders replaced in one pass (braces in the texts are kept)."""
+        values = {"instruction": instruction, "output_1": output_1, "output_2": output_2}
+        return re.sub(r"\{(instruction|output_1|output_2)\}", lambda match: values[match.group(1)], self.template)
+
+    def prefer(self, prompts, first, second):
+        import torch
+
+        texts = [_conversation_text(self.tokenizer, self.fill(x, a, b)) + self.answer_prefix
+                 for x, a, b in zip(prompts, first, second)]
+        probabilities = []
+        for start in range(0, len(texts), self.batch_size):
+            inputs = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
+                                    add_special_tokens=False).to(self.model.device)
+            with torch.no_grad():
+                logits = self.model(**inputs).logits
+            last = logits[torch.arange(len(logits)), _last_positions(inputs["attention_mask"])].float()
+            answers = last[:, self.answer_ids]
+            mass = torch.softmax(last, dim=-1)[:, self.answer_ids].sum(dim=-1)
+            p_first = torch.softmax(answers, dim=-1)[:, 0]
+            probabilities.append(torch.where(mass >= self.min_mass, p_first, torch.nan).cpu().numpy())
+        return np.concatenate(probabilities) if probabilities else np.empty(0)

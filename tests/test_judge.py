@@ -1,0 +1,94 @@
+"""Judges: both orders averaged, caching across resumes, failures counted, bad settings refused."""
+
+import numpy as np
+import pytest
+from scipy.special import expit
+
+from comal.llm.judge import (
+    CallableJudge, JudgeCache, LLMJudge, RewardModelJudge, ScriptedJudge, judge_samples,
+)
+from tiny import tiny_causal_lm, tiny_reward_model, tiny_tokenizer
+
+RESPONSES = ["a b", "c d", "e f"]
+
+
+class Counting(CallableJudge):
+    def __init__(self, function):
+        super().__init__(function)
+        self.calls = 0
+
+    def prefer(self, prompts, first, second):
+        self.calls += len(prompts)
+        return super().prefer(prompts, first, second)
+
+
+def test_both_orders_are_averaged_to_cancel_position_bias():
+    # a judge that likes whatever comes first by 0.1 on top of the truth
+    truth = {("a b", "c d"): 0.7, ("c d", "a b"): 0.3, ("a b", "e f"): 0.5, ("e f", "a b"): 0.5,
+             ("c d", "e f"): 0.2, ("e f", "c d"): 0.8}
+    judge = CallableJudge(lambda x, a, b: truth[a, b] + 0.1)
+    judged = judge_samples(judge, "say hello", RESPONSES)
+    np.testing.assert_allclose(judged.wins, [[0.5, 0.7, 0.5], [0.3, 0.5, 0.2], [0.5, 0.8, 0.5]])
+    assert judged.failures == 0
+
+
+def test_cache_means_a_resumed_run_judges_nothing_twice(tmp_path):
+    judge = Counting(lambda x, a, b: 0.6)
+    judge_samples(judge, "x", RESPONSES, JudgeCache(tmp_path / "cache.jsonl"))
+    assert judge.calls == 6
+    with open(tmp_path / "cache.jsonl", "a") as handle:  # a line cut short by a kill
+        handle.write('{"key": "abc", "p"')
+    again = judge_samples(judge, "x", RESPONSES, JudgeCache(tmp_path / "cache.jsonl"))
+    assert judge.calls == 6
+    np.testing.assert_allclose(again.wins[0, 1], 0.5)  # 0.6 and 1 − 0.6 averaged
+
+
+def test_failures_are_counted_not_replaced():
+    judge = CallableJudge(lambda x, a, b: np.nan if a == "e f" else 0.9)
+    judged = judge_samples(judge, "x", RESPONSES)
+    assert judged.failures == 2
+    assert judged.wins[0, 2] == pytest.approx(0.9)  # only the order that worked
+    np.testing.assert_allclose(judged.wins + judged.wins.T, 1.0)
+
+
+def test_scripted_judge_reads_its_table():
+    matrix = np.array([[0.5, 0.9, 0.2], [0.1, 0.5, 0.7], [0.8, 0.3, 0.5]])
+    judge = ScriptedJudge({"x": (RESPONSES, matrix)})
+    np.testing.assert_allclose(judge_samples(judge, "x", RESPONSES).wins, matrix)
+    with pytest.raises(KeyError, match="no entry for 'unknown'"):
+        judge.prefer(["unknown"], ["a b"], ["c d"])
+
+
+def test_reward_model_judge_is_bradley_terry_on_its_scores():
+    tokenizer = tiny_tokenizer()
+    judge = RewardModelJudge(tiny_reward_model(tokenizer), tokenizer, batch_size=2)
+    scores = judge.score(["hello"] * 3, RESPONSES)
+    p = judge.prefer(["hello"], ["a b"], ["e f"])
+    assert p[0] == pytest.approx(expit(scores[0] - scores[2]), abs=1e-6)
+    assert len(judge.scores) == 3  # each response scored once
+
+
+def test_llm_judge_reads_the_two_answer_tokens():
+    tokenizer = tiny_tokenizer()
+    judge = LLMJudge(tiny_causal_lm(tokenizer), tokenizer, batch_size=2, min_mass=0.0)
+    p = judge.prefer(["say hello"] * 3, ["a b", "c d", "hello world"], ["c d", "a b", "a"])
+    assert np.all((p > 0) & (p < 1))
+    one_by_one = [judge.prefer(["say hello"], [a], [b])[0] for a, b in [("a b", "c d"), ("c d", "a b")]]
+    np.testing.assert_allclose(p[:2], one_by_one, atol=1e-5)  # padding does not change the answer
+    strict = LLMJudge(judge.model, tokenizer, min_mass=0.99)  # an untrained model puts little mass there
+    assert np.isnan(strict.prefer(["say hello"], ["a b"], ["c d"])).all()
+
+
+def test_llm_judge_refuses_bad_templates_and_answer_tokens():
+    tokenizer = tiny_tokenizer()
+    model = tiny_causal_lm(tokenizer)
+    with pytest.raises(ValueError, match=r"lacks the placeholder\(s\) \{output_2\}"):
+        LLMJudge(model, tokenizer, template="{instruction} {output_1}")
+    with pytest.raises(ValueError, match="'a b' is 2 tokens"):
+        LLMJudge(model, tokenizer, answer_tokens=("a b", "c"))
+
+
+def test_llm_judge_keeps_braces_in_texts():
+    tokenizer = tiny_tokenizer()
+    judge = LLMJudge(tiny_causal_lm(tokenizer), tokenizer)
+    assert "{output_2}" in judge.fill("write {output_2}", "a", "b")
