@@ -1,0 +1,69 @@
+"""Sequence log-probabilities of responses (response tokens only), with and without gradients.
+
+A sequence is ``prompt_ids + response_ids``; ``log π(y|x) = Σ_t log π(y_t | x, y_<t)`` over the
+response positions. Anchors (π_t, μ, …) are computed once per iteration without gradients and
+stored as columns of the training data, so training holds only π_θ in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of one prompt + response; the response starts at ``response_start``."""
+
+    ids: tuple[int, ...]
+    response_start: int
+
+
+def encode(tokenizer, prompt: str, response_ids: Sequence[int]) -> Encoded:
+    """The prompt as the model sees it (chat template when the tokenizer has one), then the response."""
+    if getattr(tokenizer, "chat_template", None):
+        prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                   add_generation_prompt=True, tokenize=True)
+        if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "keys"):
+            prompt_ids = prompt_ids["input_ids"]
+    else:
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if tokenizer.bos_token_id is not None:
+            prompt_ids = [tokenizer.bos_token_id] + list(prompt_ids)
+    return Encoded(tuple(prompt_ids) + tuple(response_ids), len(prompt_ids))
+
+
+def collate(sequences: Sequence[Encoded], pad_id: int, device=None) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and the mask of response tokens."""
+    length = max(len(s.ids) for s in sequences)
+    input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), length), dtype=torch.long)
+    response = torch.zeros((len(sequences), length), dtype=torch.bool)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, :len(sequence.ids)] = torch.tensor(sequence.ids)
+        attention[row, :len(sequence.ids)] = 1
+        response[row, sequence.response_start:len(sequence.ids)] = True
+    batch = {"input_ids": input_ids, "attention_mask": attention, "response_mask": response}
+    return {key: value.to(device) for key, value in batch.items()} if device is not None else batch
+
+
+def sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``log π(y|x)`` per row: the sum of next-token log-probs over the response tokens."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    targets = batch["input_ids"][:, 1:]
+    token_logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (token_logps * batch["response_mask"][:, 1:]).sum(dim=-1)
+
+
+def batched_logps(model, sequences: Sequence[Encoded], pad_id: int, batch_size: int = 8) -> np.ndarray:
+    """Sequence log-probs of many sequences, without gradients, in float64."""
+    device = next(model.parameters()).device
+    values = []
+    with torch.no_grad():
+        for start in range(0, len(sequences), batch_size):
+            batch = collate(sequences[start:start + batch_size], pad_id, device)
+            values.append(sequence_logps(model, batch).double().cpu().numpy())
+    return np.concatenate(values) if values else np.empty(0)

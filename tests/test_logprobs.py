@@ -1,0 +1,43 @@
+"""Sequence log-probs: response tokens only, equal to a token-by-token sum, unchanged by padding."""
+
+import numpy as np
+import torch
+
+from comal.llm.logprobs import Encoded, batched_logps, collate, encode, sequence_logps
+from tiny import tiny_causal_lm, tiny_tokenizer
+
+
+def test_encode_puts_the_response_after_the_prompt():
+    tokenizer = tiny_tokenizer()
+    encoded = encode(tokenizer, "say hello", [5, 6, tokenizer.eos_token_id])
+    assert encoded.ids[0] == tokenizer.bos_token_id
+    assert encoded.ids[encoded.response_start:] == (5, 6, tokenizer.eos_token_id)
+
+
+def test_sequence_logp_is_the_sum_over_response_tokens_only():
+    tokenizer = tiny_tokenizer()
+    model = tiny_causal_lm(tokenizer)
+    encoded = encode(tokenizer, "say hello world", [7, 8, 9])
+    with torch.no_grad():
+        logits = model(torch.tensor([encoded.ids])).logits[0]
+    by_hand = sum(torch.log_softmax(logits[t - 1], -1)[encoded.ids[t]].item()
+                  for t in range(encoded.response_start, len(encoded.ids)))
+    assert abs(batched_logps(model, [encoded], tokenizer.pad_token_id)[0] - by_hand) < 1e-4
+
+
+def test_padding_and_batching_do_not_change_log_probs():
+    tokenizer = tiny_tokenizer()
+    model = tiny_causal_lm(tokenizer)
+    sequences = [encode(tokenizer, "say", [5]), encode(tokenizer, "please write hello world", [6, 7, 8, 9]),
+                 Encoded((1, 5, 6), 1)]
+    together = batched_logps(model, sequences, tokenizer.pad_token_id, batch_size=3)
+    alone = [batched_logps(model, [s], tokenizer.pad_token_id)[0] for s in sequences]
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_gradients_flow_to_the_policy():
+    tokenizer = tiny_tokenizer()
+    model = tiny_causal_lm(tokenizer).train()
+    batch = collate([encode(tokenizer, "say", [5, 6])], tokenizer.pad_token_id)
+    sequence_logps(model, batch).sum().backward()
+    assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
