@@ -1,0 +1,95 @@
+"""Sampling stage: k responses per prompt from the current policy with transformers ``generate``.
+
+Each batch of prompts is drawn under its own seed (``seed + batch index``), so a resumed run draws
+the same samples for the batches it has left. Prompts that do not fit the model's context with
+room for ``max_new_tokens`` are truncated from the left or skipped, and counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+
+from comal.llm.logprobs import encode
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    samples_per_prompt: int = 5  # k responses per prompt (the paper: 5)
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    batch_size: int = 8  # prompts per generate call
+    seed: int = 0
+    long_prompts: Literal["truncate", "skip"] = "truncate"
+
+    def __post_init__(self):
+        if self.samples_per_prompt < 2:
+            raise ValueError("samples_per_prompt must be at least 2: preferences compare responses")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("sampling needs temperature > 0, 0 < top_p ≤ 1, max_new_tokens ≥ 1, batch_size ≥ 1")
+        if self.long_prompts not in ("truncate", "skip"):
+            raise ValueError(f"long_prompts must be 'truncate' or 'skip', got {self.long_prompts!r}")
+
+
+@dataclass
+class Samples:
+    """Per kept prompt, k responses as token ids (ending in EOS when the model stopped) and text."""
+
+    prompts: list[str] = field(default_factory=list)
+    response_ids: list[list[tuple[int, ...]]] = field(default_factory=list)
+    texts: list[list[str]] = field(default_factory=list)
+    truncated: int = 0
+    skipped: int = 0
+
+
+def context_limit(model) -> int | None:
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def sample(model, tokenizer, prompts: Sequence[str], config: SamplingConfig) -> Samples:
+    """Draw ``config.samples_per_prompt`` responses for every prompt."""
+    limit = context_limit(model)
+    result = Samples()
+    kept: list[tuple[str, tuple[int, ...]]] = []
+    for prompt in prompts:
+        ids = encode(tokenizer, prompt, ()).ids
+        room = None if limit is None else limit - config.max_new_tokens
+        if room is not None and len(ids) > room:
+            if config.long_prompts == "skip" or room < 1:
+                result.skipped += 1
+                continue
+            ids, result.truncated = ids[-room:], result.truncated + 1
+        kept.append((prompt, ids))
+
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for index, start in enumerate(range(0, len(kept), config.batch_size)):
+        batch = kept[start:start + config.batch_size]
+        width = max(len(ids) for _, ids in batch)
+        input_ids = torch.tensor([(pad_id,) * (width - len(ids)) + ids for _, ids in batch], device=device)
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in batch], device=device)
+        torch.manual_seed(config.seed + index)
+        with torch.no_grad():
+            output = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=True,
+                                    temperature=config.temperature, top_p=config.top_p,
+                                    max_new_tokens=config.max_new_tokens,
+                                    num_return_sequences=config.samples_per_prompt,
+                                    pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
+        generated = output[:, width:].tolist()
+        for row, (prompt, _) in enumerate(batch):
+            rows = generated[row * config.samples_per_prompt:(row + 1) * config.samples_per_prompt]
+            responses = [_until_eos(tokens, tokenizer.eos_token_id) for tokens in rows]
+            result.prompts.append(prompt)
+            result.response_ids.append(responses)
+            result.texts.append([tokenizer.decode(r, skip_special_tokens=True) for r in responses])
+    return result
+
+
+def _until_eos(tokens: list[int], eos_id: int | None) -> tuple[int, ...]:
+    """The generated tokens up to and including the first EOS (the rest is padding)."""
+    if eos_id is not None and eos_id in tokens:
+        return tuple(tokens[:tokens.index(eos_id) + 1])
+    return tuple(tokens)
