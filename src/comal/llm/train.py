@@ -1,0 +1,137 @@
+"""Training stage: fit π_θ to one proximal step of a rule by minimising its sampled loss.
+
+Rows carry the stored anchor log-probs (computed without gradients beforehand), so only π_θ is in
+memory. ``accelerate`` handles device, precision, gradient accumulation and multi-GPU; the learning
+rate follows transformers' linear schedule with warm-up. Metrics go to a JSON-lines file and to
+accelerate's trackers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Mapping, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from comal.llm.logprobs import Encoded, collate, sequence_logps
+from comal.llm.losses import pairwise_loss, pointwise_loss
+from comal.rules import ProxStep
+
+
+@dataclass(frozen=True)
+class TrainRow:
+    """One regression row. Pairwise: ``first``/``second`` with target ``â(y) − â(y')`` or 1/2.
+    Pointwise (SPPO): ``second`` is None and ``target`` is ``â(y)``."""
+
+    first: Encoded
+    anchors_first: Mapping[str, float]
+    target: float
+    second: Encoded | None = None
+    anchors_second: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    learning_rate: float = 5e-7
+    warmup_ratio: float = 0.1
+    batch_size: int = 8  # rows per forward pass and device
+    gradient_accumulation: int = 1
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 where supported
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or self.gradient_accumulation < 1:
+            raise ValueError("epochs, batch_size and gradient_accumulation must be at least 1")
+        if not self.learning_rate > 0 or not 0 <= self.warmup_ratio < 1:
+            raise ValueError("learning_rate must be positive and warmup_ratio in [0, 1)")
+
+
+def _precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _collate_rows(rows: Sequence[TrainRow], pad_id: int) -> dict:
+    names = sorted({name for row in rows for name in row.anchors_first})
+    batch = {"first": collate([row.first for row in rows], pad_id),
+             "anchors_first": {n: torch.tensor([row.anchors_first[n] for row in rows]) for n in names},
+             "target": torch.tensor([row.target for row in rows])}
+    if rows[0].second is not None:
+        batch["second"] = collate([row.second for row in rows], pad_id)
+        batch["anchors_second"] = {n: torch.tensor([row.anchors_second[n] for row in rows]) for n in names}
+    return batch
+
+
+def _to(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    return {key: _to(value, device) for key, value in batch.items()}
+
+
+def row_losses(model, step: ProxStep, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row losses and the fitted margins ``h_θ`` (pairwise) or residual log-ratios (pointwise)."""
+    policy_first = sequence_logps(model, batch["first"])
+    if "second" not in batch:
+        loss = pointwise_loss(step, policy_first, batch["anchors_first"], batch["target"])
+        return loss, policy_first.detach()
+    policy_second = sequence_logps(model, batch["second"])
+    loss = pairwise_loss(step, policy_first, policy_second, batch["anchors_first"], batch["anchors_second"],
+                         batch["target"])
+    margin = (policy_first - sum(w * batch["anchors_first"][k] for k, w in step.anchor.items() if w)) - (
+        policy_second - sum(w * batch["anchors_second"][k] for k, w in step.anchor.items() if w))
+    return loss, margin.detach()
+
+
+def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, *, pad_id: int,
+          log_path: str | Path | None = None, accelerator=None) -> list[dict]:
+    """Minimise the step's sampled loss over ``rows``; returns the per-optimiser-step metrics."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_linear_schedule_with_warmup
+
+    if not rows:
+        raise ValueError("no training rows: every prompt was skipped or judged a tie; check the earlier stages")
+    accelerator = accelerator or Accelerator(mixed_precision=_precision(config.mixed_precision),
+                                             gradient_accumulation_steps=config.gradient_accumulation)
+    set_seed(config.seed)
+    loader = DataLoader(list(rows), batch_size=config.batch_size, shuffle=True,
+                        collate_fn=lambda chunk: _collate_rows(chunk, pad_id),
+                        generator=torch.Generator().manual_seed(config.seed))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    total = config.epochs * math.ceil(len(loader) / config.gradient_accumulation)
+    scheduler = get_linear_schedule_with_warmup(optimiser, int(config.warmup_ratio * total), total)
+    model, optimiser, loader, scheduler = accelerator.prepare(model, optimiser, loader, scheduler)
+    model.train()
+    metrics, log = [], open(log_path, "a") if log_path is not None else None
+    for epoch in range(config.epochs):
+        for batch in loader:
+            with accelerator.accumulate(model):
+                losses, margins = row_losses(model, step, _to(batch, accelerator.device))
+                loss = losses.mean()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimiser.step()
+                scheduler.step()
+                optimiser.zero_grad()
+            if accelerator.sync_gradients:
+                record = {"epoch": epoch, "step": len(metrics), "loss": accelerator.gather(loss.detach()).mean().item(),
+                          "margin": margins.mean().item(), "learning_rate": scheduler.get_last_lr()[0]}
+                if "second" in batch:
+                    record["pair_accuracy"] = (margins > 0).float().mean().item()
+                metrics.append(record)
+                accelerator.log(record, step=len(metrics))
+                if log is not None and accelerator.is_main_process:
+                    log.write(json.dumps(record) + "\n")
+    if log is not None:
+        log.close()
+    model.eval()
+    return metrics

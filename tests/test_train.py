@@ -1,0 +1,47 @@
+"""Training stage on a tiny model: the sampled loss falls and the fitted margins move to the target."""
+
+import pytest
+
+from comal.llm.logprobs import batched_logps, encode
+from comal.llm.train import TrainConfig, TrainRow, train
+from comal.rules import make_rule
+from comal.games import paper_3x3
+from tiny import tiny_causal_lm, tiny_tokenizer
+
+
+def _rows(tokenizer, model, step, pointwise=False):
+    prompts = ["say hello", "please write", "which is better", "say a b"]
+    rows = []
+    for prompt in prompts:
+        chosen, rejected = encode(tokenizer, prompt, [5, 6, 2]), encode(tokenizer, prompt, [7, 2])
+        logps = batched_logps(model, [chosen, rejected], tokenizer.pad_token_id)
+        anchors = [{name: float(value) for name in step.anchor} for value in logps]
+        if pointwise:
+            rows.append(TrainRow(chosen, anchors[0], 0.1))
+            rows.append(TrainRow(rejected, anchors[1], -0.1))
+        else:
+            rows.append(TrainRow(chosen, anchors[0], 0.5, rejected, anchors[1]))
+    return rows
+
+
+@pytest.mark.parametrize("name", ["comal", "sppo"])
+def test_training_lowers_the_loss(tmp_path, name):
+    tokenizer = tiny_tokenizer()
+    model = tiny_causal_lm(tokenizer)
+    rule = make_rule(name, paper_3x3(), **({"inner": "inpo", "eta": 2.0, "tau": 0.1} if name == "comal" else {"eta": 2.0}))
+    step = rule.prox_steps()[0]
+    rows = _rows(tokenizer, model, step, pointwise=rule.pointwise)
+    config = TrainConfig(epochs=15, learning_rate=1e-2, batch_size=4, warmup_ratio=0.0)
+    metrics = train(model, rows, step, config, pad_id=tokenizer.pad_token_id, log_path=tmp_path / "m.jsonl")
+    assert metrics[-1]["loss"] < 0.2 * metrics[0]["loss"]
+    assert (tmp_path / "m.jsonl").read_text().count("\n") == len(metrics)
+    if not rule.pointwise:
+        assert metrics[-1]["pair_accuracy"] == 1.0
+        assert metrics[-1]["margin"] == pytest.approx(step.eta * 0.5, abs=0.3)
+
+
+def test_no_rows_is_a_clear_error():
+    tokenizer = tiny_tokenizer()
+    step = make_rule("inpo", paper_3x3()).prox_steps()[0]
+    with pytest.raises(ValueError, match="no training rows"):
+        train(tiny_causal_lm(tokenizer), [], step, TrainConfig(), pad_id=0)
