@@ -11,27 +11,21 @@ from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from comal.llm.logprobs import encode
 
 
-@dataclass(frozen=True)
-class SamplingConfig:
-    samples_per_prompt: int = 5  # k responses per prompt (the paper: 5)
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_new_tokens: int = 256
-    batch_size: int = 8  # prompts per generate call
+class SamplingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    samples_per_prompt: int = Field(5, ge=2, description="k responses per prompt (the paper: 5)")
+    temperature: float = Field(0.8, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(256, ge=1)
+    batch_size: int = Field(8, ge=1, description="prompts per generate call")
     seed: int = 0
     long_prompts: Literal["truncate", "skip"] = "truncate"
-
-    def __post_init__(self):
-        if self.samples_per_prompt < 2:
-            raise ValueError("samples_per_prompt must be at least 2: preferences compare responses")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("sampling needs temperature > 0, 0 < top_p ≤ 1, max_new_tokens ≥ 1, batch_size ≥ 1")
-        if self.long_prompts not in ("truncate", "skip"):
-            raise ValueError(f"long_prompts must be 'truncate' or 'skip', got {self.long_prompts!r}")
 
 
 @dataclass

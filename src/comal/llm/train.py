@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader
 
 from comal.llm.logprobs import Encoded, collate, sequence_logps
@@ -34,23 +35,18 @@ class TrainRow:
     anchors_second: Mapping[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 3
-    learning_rate: float = 5e-7
-    warmup_ratio: float = 0.1
-    batch_size: int = 8  # rows per forward pass and device
-    gradient_accumulation: int = 1
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 where supported
-    seed: int = 0
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.gradient_accumulation < 1:
-            raise ValueError("epochs, batch_size and gradient_accumulation must be at least 1")
-        if not self.learning_rate > 0 or not 0 <= self.warmup_ratio < 1:
-            raise ValueError("learning_rate must be positive and warmup_ratio in [0, 1)")
+    epochs: int = Field(3, ge=1)
+    learning_rate: float = Field(5e-7, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    batch_size: int = Field(8, ge=1, description="rows per forward pass and device")
+    gradient_accumulation: int = Field(1, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="auto: bf16 where supported")
+    seed: int = 0
 
 
 def _precision(choice: str) -> str:
