@@ -30,12 +30,17 @@ def anchor_logps(step: ProxStep, logps: Mapping[str, torch.Tensor]) -> torch.Ten
     return sum(weight * logps[name] for name, weight in step.anchor.items() if weight)
 
 
+def pairwise_margin(step: ProxStep, policy_first: torch.Tensor, policy_second: torch.Tensor,
+                    anchors_first: Mapping[str, torch.Tensor], anchors_second: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``h_θ(y, y') = [log π_θ(y) − anchor(y)] − [log π_θ(y') − anchor(y')]``."""
+    return (policy_first - anchor_logps(step, anchors_first)) - (policy_second - anchor_logps(step, anchors_second))
+
+
 def pairwise_loss(step: ProxStep, policy_first: torch.Tensor, policy_second: torch.Tensor,
                   anchors_first: Mapping[str, torch.Tensor], anchors_second: Mapping[str, torch.Tensor],
                   target: torch.Tensor | float) -> torch.Tensor:
     """``(h_θ(y, y') − η · target)²`` for pairs ``(y, y')`` (``y`` = chosen for hard rows)."""
-    margin = (policy_first - anchor_logps(step, anchors_first)) - (policy_second - anchor_logps(step, anchors_second))
-    return (margin - step.eta * target) ** 2
+    return (pairwise_margin(step, policy_first, policy_second, anchors_first, anchors_second) - step.eta * target) ** 2
 
 
 def pointwise_loss(step: ProxStep, policy: torch.Tensor, anchors: Mapping[str, torch.Tensor],

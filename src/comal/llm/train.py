@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader
 
 from comal.llm.logprobs import Encoded, collate, sequence_logps
-from comal.llm.losses import pairwise_loss, pointwise_loss
+from comal.llm.losses import pairwise_margin, pointwise_loss
 from comal.rules import ProxStep
 
 
@@ -72,22 +73,24 @@ def _to(batch, device):
     return {key: _to(value, device) for key, value in batch.items()}
 
 
-def row_losses(model, step: ProxStep, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row losses and the fitted margins ``h_θ`` (pairwise) or residual log-ratios (pointwise)."""
+def row_losses(model, step: ProxStep, batch: dict, dpo_beta: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row losses and the fitted margins ``h_θ`` (pairwise) or log-probs (pointwise).
+
+    With ``dpo_beta`` the pairwise margin goes through DPO's logistic loss instead of the square.
+    """
     policy_first = sequence_logps(model, batch["first"])
     if "second" not in batch:
         loss = pointwise_loss(step, policy_first, batch["anchors_first"], batch["target"])
         return loss, policy_first.detach()
     policy_second = sequence_logps(model, batch["second"])
-    loss = pairwise_loss(step, policy_first, policy_second, batch["anchors_first"], batch["anchors_second"],
-                         batch["target"])
-    margin = (policy_first - sum(w * batch["anchors_first"][k] for k, w in step.anchor.items() if w)) - (
-        policy_second - sum(w * batch["anchors_second"][k] for k, w in step.anchor.items() if w))
-    return loss, margin.detach()
+    margin = pairwise_margin(step, policy_first, policy_second, batch["anchors_first"], batch["anchors_second"])
+    if dpo_beta is not None:
+        return -F.logsigmoid(dpo_beta * margin), margin.detach()
+    return (margin - step.eta * batch["target"]) ** 2, margin.detach()
 
 
 def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, *, pad_id: int,
-          log_path: str | Path | None = None, accelerator=None) -> list[dict]:
+          log_path: str | Path | None = None, dpo_beta: float | None = None, accelerator=None) -> list[dict]:
     """Minimise the step's sampled loss over ``rows``; returns the per-optimiser-step metrics."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -110,7 +113,7 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
     for epoch in range(config.epochs):
         for batch in loader:
             with accelerator.accumulate(model):
-                losses, margins = row_losses(model, step, _to(batch, accelerator.device))
+                losses, margins = row_losses(model, step, _to(batch, accelerator.device), dpo_beta)
                 loss = losses.mean()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:

@@ -1,0 +1,286 @@
+"""The iterated pipeline: sample → judge → pairs → log-probs → train, with COMAL's reference schedule.
+
+One folder per iteration and stage under the run folder::
+
+    iter_000/sample  iter_000/judge  iter_000/pairs
+    iter_000/fit_current/logprobs  iter_000/fit_current/train/{model,metrics.jsonl}
+
+Every stage writes into ``<stage>.tmp`` and renames it when complete, so a stage folder exists
+only when its output is whole; a rerun skips finished stages, and a run killed at any point
+resumes where it stopped. Seeds depend only on (seed, iteration), so a resumed run ends with the
+same checkpoints as an uninterrupted one.
+
+Policies are named as in the rules: ``current`` is π_t (the last checkpoint), ``reference`` is μ
+(the start policy; for COMAL the checkpoint of the last reference move), ``centre`` is ONPO's
+auxiliary sequence. Each :class:`~comal.rules.ProxStep` of the rule is one fit.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from comal.llm.config import RunConfig
+from comal.llm.judge import JudgeCache, judge_samples
+from comal.llm.logprobs import Encoded, batched_logps, encode
+from comal.llm.pairs import estimated_advantages, hard_rows, soft_rows
+from comal.llm.sample import sample
+from comal.llm.train import TrainRow, train
+from comal.rules import CURRENT, REFERENCE, ProxStep, make_rule
+
+START = "start"  # the initial policy's folder name under the run folder
+
+
+class RunError(ValueError):
+    """A run cannot go on (bad input data); the message says what to fix."""
+
+
+def load_prompts(path: str | Path, field: str = "prompt") -> list[str]:
+    """Prompts from a JSON-lines file, one object per line with ``field``."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"no such prompt file: {path}")
+    prompts = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise RunError(f"{path}, line {number}: not a JSON object") from None
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            raise RunError(f"{path}, line {number}: no '{field}' text field; set prompt_field in the config")
+        prompts.append(record[field])
+    if not prompts:
+        raise RunError(f"{path} holds no prompts")
+    return prompts
+
+
+def rule_steps(config: RunConfig) -> tuple[ProxStep, ...]:
+    """The proximal steps a run fits each iteration, from the rule files (η and ητ from the config)."""
+    tau = config.tau_eta_ratio / config.eta
+    if config.algorithm in ("ipo", "dpo"):  # offline baselines: anchor = the fixed start policy
+        return (ProxStep(CURRENT, {REFERENCE: 1.0}, CURRENT, config.eta),)
+    if config.algorithm == "comal":
+        rule = make_rule("comal", 1.0, inner="inpo", eta=config.eta, tau=tau, period=config.reference_period)
+    elif config.algorithm == "inpo":
+        rule = make_rule("inpo", 1.0, eta=config.eta, tau=tau)
+    else:
+        rule = make_rule(config.algorithm, 1.0, eta=config.eta)
+    return rule.prox_steps()
+
+
+@dataclass
+class Pipeline:
+    """A configured run in ``run_dir``; ``load_model(path)`` and ``judge`` may be swapped in tests."""
+
+    config: RunConfig
+    run_dir: Path
+    load_model: Callable
+    tokenizer: object
+    judge: object
+    progress: Callable[[str], None] = lambda message: None
+
+    # ----------------------------------------------------------------------------- layout
+    def stage_dir(self, iteration: int, stage: str) -> Path:
+        return self.run_dir / f"iter_{iteration:03d}" / stage
+
+    def policy_dir(self, iteration: int, name: str) -> Path:
+        """Checkpoint of policy ``name`` as it stands at the start of ``iteration``."""
+        if name == REFERENCE:
+            if self.config.algorithm != "comal":
+                return self.run_dir / START
+            period = self.config.reference_period
+            moved = (iteration // period) * period  # μ ← π_t at every multiple of K
+            return self.policy_dir(moved, CURRENT)
+        if iteration == 0:
+            return self.run_dir / START
+        return self.stage_dir(iteration - 1, f"fit_{name}") / "train" / "model"
+
+    @staticmethod
+    def done(path: Path) -> bool:
+        return path.is_dir()
+
+    def write_stage(self, path: Path, write: Callable[[Path], None]) -> Path:
+        """Run ``write`` into ``path.tmp`` and rename it to ``path`` once complete."""
+        if self.done(path):
+            return path
+        temporary = path.with_name(path.name + ".tmp")
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir(parents=True)
+        write(temporary)
+        temporary.rename(path)
+        return path
+
+    # ----------------------------------------------------------------------------- stages
+    def sample_stage(self, iteration: int) -> Path:
+        def write(folder: Path):
+            prompts = load_prompts(self.config.prompts, self.config.prompt_field)
+            if self.config.prompts_per_iteration:
+                count = self.config.prompts_per_iteration
+                start = (iteration * count) % len(prompts)
+                prompts = (prompts + prompts)[start:start + min(count, len(prompts))]
+            model = self.load_model(self.policy_dir(iteration, CURRENT))
+            settings = self.config.sampling.model_copy(update={"seed": self.config.seed * 1_000 + iteration})
+            drawn = sample(model, self.tokenizer, prompts, settings)
+            records = [{"prompt": p, "response_ids": [list(r) for r in ids], "texts": texts}
+                       for p, ids, texts in zip(drawn.prompts, drawn.response_ids, drawn.texts)]
+            _write_jsonl(folder / "samples.jsonl", records)
+            _write_json(folder / "counts.json", {"prompts": len(records), "truncated": drawn.truncated,
+                                                 "skipped": drawn.skipped})
+
+        return self.write_stage(self.stage_dir(iteration, "sample"), write)
+
+    def judge_stage(self, iteration: int) -> Path:
+        def write(folder: Path):
+            cache = JudgeCache(self.run_dir / "judge_cache.jsonl")
+            records, failures, empty = [], 0, 0
+            for record in _read_jsonl(self.stage_dir(iteration, "sample") / "samples.jsonl"):
+                empty += sum(not text.strip() for text in record["texts"])
+                judged = judge_samples(self.judge, record["prompt"], record["texts"], cache)
+                failures += judged.failures
+                records.append({**record, "wins": judged.wins.tolist()})
+            _write_jsonl(folder / "judged.jsonl", records)
+            _write_json(folder / "counts.json", {"judge_failures": failures, "empty_responses": empty})
+
+        return self.write_stage(self.stage_dir(iteration, "judge"), write)
+
+    def pairs_stage(self, iteration: int) -> Path:
+        pointwise = self.config.algorithm == "sppo"
+
+        def write(folder: Path):
+            rows = []
+            for record in _read_jsonl(self.stage_dir(iteration, "judge") / "judged.jsonl"):
+                wins = np.array(record["wins"], dtype=np.float64)
+                if np.isnan(wins).any():
+                    continue  # a pair no order of the judge could score: the prompt is left out
+                if pointwise:
+                    for i, advantage in enumerate(estimated_advantages(wins)):
+                        rows.append({"prompt": record["prompt"], "first": record["response_ids"][i],
+                                     "second": None, "target": float(advantage)})
+                    continue
+                made = hard_rows(wins) if self.config.rows == "hard" else soft_rows(wins)
+                rows += [{"prompt": record["prompt"], "first": record["response_ids"][row.first],
+                          "second": record["response_ids"][row.second], "target": row.target} for row in made]
+            _write_jsonl(folder / "rows.jsonl", rows)
+
+        return self.write_stage(self.stage_dir(iteration, "pairs"), write)
+
+    def fit_stage(self, iteration: int, step: ProxStep) -> Path:
+        """Log-probs of the step's anchors on every row, then the fit of π_θ (from π_t)."""
+        fit_dir = self.stage_dir(iteration, f"fit_{step.output}")
+        rows = _read_jsonl(self.stage_dir(iteration, "pairs") / "rows.jsonl")
+        encoded = [(encode(self.tokenizer, r["prompt"], r["first"]),
+                    None if r["second"] is None else encode(self.tokenizer, r["prompt"], r["second"])) for r in rows]
+
+        def logprobs(folder: Path):
+            columns = {}
+            for name in sorted(n for n, w in step.anchor.items() if w):
+                model = self.load_model(self.anchor_dir(iteration, name))
+                firsts = batched_logps(model, [e[0] for e in encoded], self.tokenizer.pad_token_id,
+                                       self.config.training.batch_size)
+                columns[f"{name}_first"] = firsts.tolist()
+                if encoded and encoded[0][1] is not None:
+                    seconds = batched_logps(model, [e[1] for e in encoded], self.tokenizer.pad_token_id,
+                                            self.config.training.batch_size)
+                    columns[f"{name}_second"] = seconds.tolist()
+            _write_json(folder / "anchors.json", columns)
+
+        anchors = json.loads((self.write_stage(fit_dir / "logprobs", logprobs) / "anchors.json").read_text())
+
+        def fit(folder: Path):
+            names = [n for n, w in step.anchor.items() if w]
+            train_rows = [TrainRow(first, {n: anchors[f"{n}_first"][i] for n in names}, rows[i]["target"],
+                                   second, {n: anchors[f"{n}_second"][i] for n in names} if second else {})
+                          for i, (first, second) in enumerate(encoded)]
+            model = self.load_model(self.policy_dir(iteration, CURRENT))
+            settings = self.config.training.model_copy(update={"seed": self.config.seed * 1_000 + iteration})
+            train(model, train_rows, step, settings, pad_id=self.tokenizer.pad_token_id,
+                  log_path=folder / "metrics.jsonl",
+                  dpo_beta=self.config.beta if self.config.algorithm == "dpo" else None)
+            model.save_pretrained(folder / "model", safe_serialization=True)
+            self.tokenizer.save_pretrained(folder / "model")
+
+        self.write_stage(fit_dir / "train", fit)
+        return fit_dir
+
+    def anchor_dir(self, iteration: int, name: str) -> Path:
+        """Where policy ``name`` of an anchor lives: earlier fits of this iteration come first."""
+        fitted = self.stage_dir(iteration, f"fit_{name}") / "train" / "model"
+        return fitted if self.done(fitted) else self.policy_dir(iteration, name)
+
+    # ----------------------------------------------------------------------------- loop
+    def iteration(self, iteration: int) -> None:
+        for stage, run in (("sample", self.sample_stage), ("judge", self.judge_stage), ("pairs", self.pairs_stage)):
+            self.progress(f"iteration {iteration}: {stage}")
+            run(iteration)
+        for step in rule_steps(self.config):
+            self.progress(f"iteration {iteration}: fit {step.output}")
+            self.fit_stage(iteration, step)
+
+    def run(self) -> None:
+        for iteration in range(self.config.iterations):
+            self.iteration(iteration)
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def _write_json(path: Path, payload) -> None:
+    path.write_text(json.dumps(payload, indent=1))
+
+
+def pipeline_from_config(config: RunConfig, run_dir: str | Path, *, judge=None,
+                         progress: Callable[[str], None] = lambda message: None) -> Pipeline:
+    """Load the tokenizer and judge named in ``config``; copy the start policy into the run folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from comal.llm.judge import PAIRWISE_TEMPLATE, LLMJudge, RewardModelJudge
+
+    run_dir = Path(run_dir)
+    model_path = Path(config.model.path)
+    if not (model_path / "config.json").is_file():
+        raise RunError(f"model.path {model_path} is not a saved transformers model (no config.json); "
+                       "save one with save_pretrained or fix the path")
+    tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or model_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    def load_model(path: Path):
+        return AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+
+    if judge is None:
+        judge_path = Path(config.judge.path)
+        if not (judge_path / "config.json").is_file():
+            raise RunError(f"judge.path {judge_path} is not a saved transformers model (no config.json)")
+        judge_tokenizer = AutoTokenizer.from_pretrained(judge_path)
+        if judge_tokenizer.pad_token_id is None:
+            judge_tokenizer.pad_token = judge_tokenizer.eos_token
+        if config.judge.kind == "reward-model":
+            judge = RewardModelJudge(AutoModelForSequenceClassification.from_pretrained(judge_path),
+                                     judge_tokenizer, batch_size=config.judge.batch_size)
+        else:
+            template = PAIRWISE_TEMPLATE if config.judge.template == "pairwise" else config.judge.template
+            judge = LLMJudge(AutoModelForCausalLM.from_pretrained(judge_path), judge_tokenizer, template=template,
+                             answer_prefix=config.judge.answer_prefix, answer_tokens=config.judge.answer_tokens,
+                             batch_size=config.judge.batch_size)
+    start = run_dir / START
+    if not start.is_dir():
+        temporary = run_dir / (START + ".tmp")
+        shutil.rmtree(temporary, ignore_errors=True)
+        load_model(model_path).save_pretrained(temporary, safe_serialization=True)
+        tokenizer.save_pretrained(temporary)
+        temporary.rename(start)
+    (run_dir / "config.json").write_text(config.model_dump_json(indent=1))
+    return Pipeline(config, run_dir, load_model, tokenizer, judge, progress)

@@ -1,0 +1,109 @@
+"""The whole loop on tiny models: stages chain, COMAL's reference moves, a killed run resumes exactly."""
+
+import hashlib
+import json
+
+import pytest
+
+from comal.llm import loop
+from comal.llm.config import load_config
+from comal.llm.judge import CallableJudge
+from comal.llm.loop import RunError, load_prompts, pipeline_from_config
+from tiny import tiny_causal_lm, tiny_tokenizer
+
+PROMPTS = ["say hello", "please write a b", "which is better", "say the answer"]
+
+
+def length_judge():
+    """A scripted preference: the longer response wins, 0.5 on ties (deterministic, intransitive-free)."""
+    return CallableJudge(lambda x, a, b: 0.5 + 0.4 * ((len(a) > len(b)) - (len(a) < len(b))))
+
+
+@pytest.fixture
+def setup(tmp_path):
+    tokenizer = tiny_tokenizer()
+    model_dir = tmp_path / "policy"
+    tiny_causal_lm(tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+
+    def config(**extra):
+        path = tmp_path / "run.yaml"
+        settings = {"model": {"path": str(model_dir)}, "judge": {"kind": "llm", "path": str(model_dir)},
+                    "prompts": str(prompts), "iterations": 2, "eta": 2.0, "tau_eta_ratio": 0.25,
+                    "reference_period": 1, "rows": "soft",
+                    "sampling": {"samples_per_prompt": 3, "max_new_tokens": 5, "batch_size": 2},
+                    "training": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 4, "mixed_precision": "no"},
+                    **extra}
+        path.write_text(json.dumps(settings))
+        return load_config(path)
+
+    return config, tmp_path
+
+
+def checkpoint_hash(folder):
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("algorithm, rows", [("comal", "soft"), ("onpo", "hard"), ("sppo", "soft"), ("dpo", "hard")])
+def test_stages_chain_and_write_checkpoints(setup, algorithm, rows):
+    config, tmp = setup
+    pipeline = pipeline_from_config(config(algorithm=algorithm, rows=rows), tmp / algorithm, judge=length_judge())
+    pipeline.run()
+    for iteration in range(2):
+        for stage in ("sample", "judge", "pairs"):
+            assert (tmp / algorithm / f"iter_{iteration:03d}" / stage).is_dir()
+    final = pipeline.policy_dir(2, "current")
+    assert (final / "model.safetensors").is_file() and (final / "config.json").is_file()
+    from transformers import AutoModelForCausalLM
+    AutoModelForCausalLM.from_pretrained(final)  # loadable by from_pretrained
+    if algorithm == "onpo":
+        assert pipeline.policy_dir(2, "centre").is_dir()
+
+
+def test_comal_reference_moves_every_k_iterations(setup):
+    config, tmp = setup
+    pipeline = pipeline_from_config(config(reference_period=2, iterations=1), tmp / "run", judge=length_judge())
+    assert pipeline.policy_dir(1, "reference") == tmp / "run" / "start"
+    assert pipeline.policy_dir(2, "reference") == pipeline.policy_dir(2, "current")
+    assert pipeline.policy_dir(3, "reference") == pipeline.policy_dir(2, "current")
+
+
+@pytest.mark.parametrize("stage", ["sample", "judge_samples", "train"])
+def test_a_killed_run_resumes_to_the_same_checkpoints(setup, stage, monkeypatch):
+    config, tmp = setup
+    straight = pipeline_from_config(config(), tmp / "straight", judge=length_judge())
+    straight.run()
+
+    original = getattr(loop, stage)
+    calls = {"n": 0}
+
+    def dies_on_second_call(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, stage, dies_on_second_call)
+    killed = pipeline_from_config(config(), tmp / "killed", judge=length_judge())
+    with pytest.raises(KeyboardInterrupt):
+        killed.run()
+    monkeypatch.setattr(loop, stage, original)
+    pipeline_from_config(config(), tmp / "killed", judge=length_judge()).run()
+    for iteration in (1, 2):
+        assert checkpoint_hash(killed.policy_dir(iteration, "current")) == \
+            checkpoint_hash(straight.policy_dir(iteration, "current"))
+    metrics = [(tmp / name / "iter_001" / "fit_current" / "train" / "metrics.jsonl").read_text()
+               for name in ("straight", "killed")]
+    assert metrics[0] == metrics[1]
+
+
+def test_bad_inputs_are_clear(setup, tmp_path):
+    config, tmp = setup
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "hello"}\n')
+    with pytest.raises(RunError, match=r"line 1: no 'prompt' text field"):
+        load_prompts(bad)
+    with pytest.raises(RunError, match="not a saved transformers model"):
+        pipeline_from_config(config(model={"path": str(tmp_path / "nowhere")}), tmp / "run")
