@@ -107,3 +107,22 @@ def test_bad_inputs_are_clear(setup, tmp_path):
         load_prompts(bad)
     with pytest.raises(RunError, match="not a saved transformers model"):
         pipeline_from_config(config(model={"path": str(tmp_path / "nowhere")}), tmp / "run")
+
+
+def test_cli_runs_stages_and_reports_status(setup):
+    from typer.testing import CliRunner
+
+    from comal.cli import app
+
+    config, tmp = setup
+    settings = config(iterations=1)
+    run_dir = tmp / "cli"
+    pipeline_from_config(settings, run_dir)  # writes config.json and the start policy
+    runner = CliRunner()
+    for stage in ("sample", "judge", "pairs", "logprobs", "train"):
+        result = runner.invoke(app, [stage, str(run_dir), "--iteration", "0"])
+        assert result.exit_code == 0, result.output
+    status = runner.invoke(app, ["status", str(run_dir)])
+    assert status.exit_code == 0 and status.stdout.count("done") == 5
+    assert runner.invoke(app, ["sample", str(tmp / "nowhere"), "-i", "0"]).exit_code == 2
+    assert runner.invoke(app, ["sample", str(run_dir), "-i", "7"]).exit_code == 2

@@ -170,5 +170,73 @@ def reproduce_command(
     console.print(f"plots and numbers in {out}/: trajectories_3x3.png, convergence.png, results.json, results.csv")
 
 
+def _pipeline(run_dir: Path):
+    from comal.llm.config import RunConfig
+    from comal.llm.loop import RunError, pipeline_from_config
+
+    saved = run_dir / "config.json"
+    if not saved.is_file():
+        raise RunError(f"{run_dir} is not a run folder (no config.json); start one with `comal run CONFIG --out {run_dir}`")
+    return pipeline_from_config(RunConfig.model_validate_json(saved.read_text()), run_dir,
+                                progress=lambda message: errors.print(f"[dim]{message}[/]"))
+
+
+@app.command("run")
+@user_errors
+def run_pipeline(config: Path = typer.Argument(..., help="YAML run configuration (see configs/)"),
+                 out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default runs/<config name>)")):
+    """Run the whole loop; a rerun on the same folder resumes where it stopped."""
+    from comal.llm.config import load_config
+    from comal.llm.loop import pipeline_from_config
+
+    settings = load_config(config)
+    run_dir = out or Path("runs") / config.stem
+    pipeline_from_config(settings, run_dir, progress=lambda message: errors.print(f"[dim]{message}[/]")).run()
+    console.print(f"finished {settings.iterations} iterations in {run_dir}")
+
+
+@app.command("status")
+@user_errors
+def status_command(run_dir: Path = typer.Argument(..., help="run folder")):
+    """Which iterations and stages of a run are done."""
+    rows = _pipeline(run_dir).status()
+    table = Table("iteration", *list(rows[0])[1:], title=str(run_dir))
+    for row in rows:
+        table.add_row(str(row["iteration"]), *("[green]done[/]" if row[k] else "·" for k in list(row)[1:]))
+    console.print(table)
+
+
+def _stage_command(name: str, help_text: str, needs_step: bool):
+    @user_errors
+    def command(run_dir: Path = typer.Argument(..., help="run folder"),
+                iteration: int = typer.Option(..., "--iteration", "-i", help="iteration index (from 0)"),
+                step: Optional[str] = typer.Option(None, help="which fit of the rule (default: the first)")):
+        from comal.llm.loop import rule_steps
+
+        pipeline = _pipeline(run_dir)
+        if not 0 <= iteration < pipeline.config.iterations:
+            raise ValueError(f"--iteration must be in 0..{pipeline.config.iterations - 1}")
+        stage = getattr(pipeline, f"{name}_stage")
+        if needs_step:
+            steps = {s.output: s for s in rule_steps(pipeline.config)}
+            chosen = step or next(iter(steps))
+            if chosen not in steps:
+                raise ValueError(f"--step must be one of {sorted(steps)}")
+            console.print(f"wrote {stage(iteration, steps[chosen])}")
+        else:
+            console.print(f"wrote {stage(iteration)}")
+
+    command.__doc__ = help_text
+    app.command(name)(command)
+
+
+for _name, _help, _needs_step in (("sample", "Sample k responses per prompt from π_t.", False),
+                                  ("judge", "Judge every ordered pair of the samples (both orders).", False),
+                                  ("pairs", "Build soft or hard training rows.", False),
+                                  ("logprobs", "Log-probs of the anchor policies on every row.", True),
+                                  ("train", "Fit π_θ to the rule's sampled loss.", True)):
+    _stage_command(_name, _help, _needs_step)
+
+
 def main() -> None:
     app()

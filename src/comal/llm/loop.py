@@ -171,29 +171,35 @@ class Pipeline:
 
         return self.write_stage(self.stage_dir(iteration, "pairs"), write)
 
-    def fit_stage(self, iteration: int, step: ProxStep) -> Path:
-        """Log-probs of the step's anchors on every row, then the fit of π_θ (from π_t)."""
-        fit_dir = self.stage_dir(iteration, f"fit_{step.output}")
+    def _encoded_rows(self, iteration: int):
         rows = _read_jsonl(self.stage_dir(iteration, "pairs") / "rows.jsonl")
-        encoded = [(encode(self.tokenizer, r["prompt"], r["first"]),
-                    None if r["second"] is None else encode(self.tokenizer, r["prompt"], r["second"])) for r in rows]
+        return rows, [(encode(self.tokenizer, r["prompt"], r["first"]),
+                       None if r["second"] is None else encode(self.tokenizer, r["prompt"], r["second"]))
+                      for r in rows]
 
-        def logprobs(folder: Path):
+    def logprobs_stage(self, iteration: int, step: ProxStep) -> Path:
+        """Sequence log-probs of every row's responses under each anchor policy of ``step``."""
+
+        def write(folder: Path):
+            _, encoded = self._encoded_rows(iteration)
             columns = {}
             for name in sorted(n for n, w in step.anchor.items() if w):
                 model = self.load_model(self.anchor_dir(iteration, name))
-                firsts = batched_logps(model, [e[0] for e in encoded], self.tokenizer.pad_token_id,
-                                       self.config.training.batch_size)
-                columns[f"{name}_first"] = firsts.tolist()
-                if encoded and encoded[0][1] is not None:
-                    seconds = batched_logps(model, [e[1] for e in encoded], self.tokenizer.pad_token_id,
-                                            self.config.training.batch_size)
-                    columns[f"{name}_second"] = seconds.tolist()
+                for side, index in (("first", 0), ("second", 1)):
+                    sequences = [pair[index] for pair in encoded if pair[index] is not None]
+                    if sequences:
+                        columns[f"{name}_{side}"] = batched_logps(model, sequences, self.tokenizer.pad_token_id,
+                                                                  self.config.training.batch_size).tolist()
             _write_json(folder / "anchors.json", columns)
 
-        anchors = json.loads((self.write_stage(fit_dir / "logprobs", logprobs) / "anchors.json").read_text())
+        return self.write_stage(self.stage_dir(iteration, f"fit_{step.output}") / "logprobs", write)
 
-        def fit(folder: Path):
+    def train_stage(self, iteration: int, step: ProxStep) -> Path:
+        """Fit π_θ (initialised from π_t) to ``step`` and save it in the Hugging Face format."""
+
+        def write(folder: Path):
+            rows, encoded = self._encoded_rows(iteration)
+            anchors = json.loads((self.logprobs_stage(iteration, step) / "anchors.json").read_text())
             names = [n for n, w in step.anchor.items() if w]
             train_rows = [TrainRow(first, {n: anchors[f"{n}_first"][i] for n in names}, rows[i]["target"],
                                    second, {n: anchors[f"{n}_second"][i] for n in names} if second else {})
@@ -206,8 +212,7 @@ class Pipeline:
             model.save_pretrained(folder / "model", safe_serialization=True)
             self.tokenizer.save_pretrained(folder / "model")
 
-        self.write_stage(fit_dir / "train", fit)
-        return fit_dir
+        return self.write_stage(self.stage_dir(iteration, f"fit_{step.output}") / "train", write)
 
     def anchor_dir(self, iteration: int, name: str) -> Path:
         """Where policy ``name`` of an anchor lives: earlier fits of this iteration come first."""
@@ -220,8 +225,17 @@ class Pipeline:
             self.progress(f"iteration {iteration}: {stage}")
             run(iteration)
         for step in rule_steps(self.config):
-            self.progress(f"iteration {iteration}: fit {step.output}")
-            self.fit_stage(iteration, step)
+            self.progress(f"iteration {iteration}: log-probs for {step.output}")
+            self.logprobs_stage(iteration, step)
+            self.progress(f"iteration {iteration}: train {step.output}")
+            self.train_stage(iteration, step)
+
+    def status(self) -> list[dict]:
+        """Which stages of which iterations are complete."""
+        stages = ["sample", "judge", "pairs"] + [f"fit_{s.output}/{part}" for s in rule_steps(self.config)
+                                                 for part in ("logprobs", "train")]
+        return [{"iteration": t, **{stage: self.done(self.stage_dir(t, stage)) for stage in stages}}
+                for t in range(self.config.iterations)]
 
     def run(self) -> None:
         for iteration in range(self.config.iterations):
