@@ -126,3 +126,28 @@ def test_cli_runs_stages_and_reports_status(setup):
     assert status.exit_code == 0 and status.stdout.count("done") == 5
     assert runner.invoke(app, ["sample", str(tmp / "nowhere"), "-i", "0"]).exit_code == 2
     assert runner.invoke(app, ["sample", str(run_dir), "-i", "7"]).exit_code == 2
+
+
+def test_evaluation_win_rates_and_matrix(setup):
+    config, tmp = setup
+    settings = config(iterations=2, evaluate={"prompts": str(tmp / "prompts.jsonl"), "max_prompts": 3})
+    pipeline = pipeline_from_config(settings, tmp / "eval_run", judge=length_judge())
+    pipeline.run()
+    metrics = json.loads((tmp / "eval_run" / "iter_001" / "evaluate" / "metrics.json").read_text())
+    assert 0 <= metrics["win_rate_vs_start"] <= 1 and metrics["prompts"] == 3
+    first = json.loads((tmp / "eval_run" / "iter_000" / "evaluate" / "metrics.json").read_text())
+    assert first["win_rate_vs_start"] == pytest.approx(first["win_rate_vs_previous"])  # π_0 is the previous
+    matrix = json.loads(pipeline.win_matrix().read_text())
+    rates = matrix["win_rate"]
+    assert matrix["checkpoints"] == ["start", "iter 1", "iter 2"]
+    assert rates[1][0] == pytest.approx(first["win_rate_vs_start"])
+    assert all(abs(rates[i][j] + rates[j][i] - 1) < 1e-12 for i in range(3) for j in range(3))
+    assert (tmp / "eval_run" / "eval" / "win_matrix.png").stat().st_size > 1000
+
+    from typer.testing import CliRunner
+
+    from comal.cli import app
+
+    result = CliRunner().invoke(app, ["evaluate", str(tmp / "eval_run"), "-i", "1", "--matrix"])
+    assert result.exit_code == 0, result.output
+    assert "win_rate_vs_start" in result.stdout

@@ -42,6 +42,6 @@ def test_long_prompts_are_counted(policy, kept, truncated, skipped):
 
 def test_bad_sampling_settings():
     with pytest.raises(ValueError, match="samples_per_prompt"):
-        SamplingConfig(samples_per_prompt=1)
+        SamplingConfig(samples_per_prompt=0)
     with pytest.raises(ValueError, match="temperature"):
         SamplingConfig(temperature=0)

@@ -238,5 +238,21 @@ for _name, _help, _needs_step in (("sample", "Sample k responses per prompt from
     _stage_command(_name, _help, _needs_step)
 
 
+@app.command("evaluate")
+@user_errors
+def evaluate_command(run_dir: Path = typer.Argument(..., help="run folder"),
+                     iteration: Optional[int] = typer.Option(None, "--iteration", "-i",
+                                                             help="win rates of π_{t+1} vs π_0 and π_t"),
+                     matrix: bool = typer.Option(False, "--matrix", help="win rates between all checkpoints")):
+    """Win rates on the held-out prompts, judged in both orders (JSON, and a PNG for --matrix)."""
+    pipeline = _pipeline(run_dir)
+    if iteration is None and not matrix:
+        raise ValueError("give --iteration T, --matrix, or both")
+    if iteration is not None:
+        console.print(json.loads((pipeline.evaluate_stage(iteration) / "metrics.json").read_text()))
+    if matrix:
+        console.print(f"wrote {pipeline.win_matrix()} and win_matrix.png")
+
+
 def main() -> None:
     app()

@@ -68,6 +68,8 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self):
+        if self.sampling.samples_per_prompt < 2:
+            raise ValueError("sampling.samples_per_prompt must be at least 2: preferences compare responses")
         if self.algorithm == "sppo" and self.rows == "hard":
             raise ValueError("sppo's loss is pointwise: use rows: soft")
         return self

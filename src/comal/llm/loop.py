@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from comal.llm.config import RunConfig
+from comal.llm.evaluate import checkpoint_responses, mean_length, win_rate
 from comal.llm.judge import JudgeCache, judge_samples
 from comal.llm.logprobs import Encoded, batched_logps, encode
 from comal.llm.pairs import estimated_advantages, hard_rows, soft_rows
@@ -230,6 +231,49 @@ class Pipeline:
             self.progress(f"iteration {iteration}: train {step.output}")
             self.train_stage(iteration, step)
 
+    def evaluation_prompts(self) -> list[str]:
+        if self.config.evaluate.prompts is None:
+            raise RunError("no evaluate.prompts in the config: name a held-out .jsonl prompt file")
+        return load_prompts(self.config.evaluate.prompts, self.config.prompt_field)[:self.config.evaluate.max_prompts]
+
+    def evaluate_stage(self, iteration: int) -> Path:
+        """Win rates of π_{t+1} against π_0 and against π_t, and mean response lengths."""
+
+        def write(folder: Path):
+            prompts = self.evaluation_prompts()
+            cache = JudgeCache(self.run_dir / "eval" / "judge_cache.jsonl")
+            new, start, previous = (checkpoint_responses(self, path, prompts) for path in (
+                self.policy_dir(iteration + 1, CURRENT), self.run_dir / START, self.policy_dir(iteration, CURRENT)))
+            versus_start, failures_start = win_rate(self.judge, prompts, new, start, cache)
+            versus_previous, failures_previous = win_rate(self.judge, prompts, new, previous, cache)
+            _write_json(folder / "metrics.json", {
+                "iteration": iteration, "win_rate_vs_start": versus_start, "win_rate_vs_previous": versus_previous,
+                "mean_length": mean_length(new), "start_mean_length": mean_length(start),
+                "judge_failures": failures_start + failures_previous, "prompts": len(prompts)})
+
+        return self.write_stage(self.stage_dir(iteration, "evaluate"), write)
+
+    def win_matrix(self) -> Path:
+        """Win rates between every finished checkpoint of the run: ``eval/win_matrix.{json,png}``."""
+        prompts = self.evaluation_prompts()
+        names, paths = ["start"], [self.run_dir / START]
+        for t in range(self.config.iterations):
+            if self.done(self.policy_dir(t + 1, CURRENT)):
+                names.append(f"iter {t + 1}")
+                paths.append(self.policy_dir(t + 1, CURRENT))
+        responses = [checkpoint_responses(self, path, prompts) for path in paths]
+        cache = JudgeCache(self.run_dir / "eval" / "judge_cache.jsonl")
+        matrix = np.full((len(paths), len(paths)), 0.5)
+        for i in range(len(paths)):
+            for j in range(i + 1, len(paths)):
+                matrix[i, j] = win_rate(self.judge, prompts, responses[i], responses[j], cache)[0]
+                matrix[j, i] = 1 - matrix[i, j]
+        out = self.run_dir / "eval"
+        _write_json(out / "win_matrix.json", {"checkpoints": names, "win_rate": matrix.tolist(),
+                                              "mean_length": [mean_length(r) for r in responses]})
+        _plot_matrix(matrix, names, out / "win_matrix.png")
+        return out / "win_matrix.json"
+
     def status(self) -> list[dict]:
         """Which stages of which iterations are complete."""
         stages = ["sample", "judge", "pairs"] + [f"fit_{s.output}/{part}" for s in rule_steps(self.config)
@@ -240,6 +284,28 @@ class Pipeline:
     def run(self) -> None:
         for iteration in range(self.config.iterations):
             self.iteration(iteration)
+            if self.config.evaluate.prompts is not None:
+                self.progress(f"iteration {iteration}: evaluate")
+                self.evaluate_stage(iteration)
+
+
+def _plot_matrix(matrix: np.ndarray, names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(1.2 + 0.6 * len(names), 1 + 0.55 * len(names)))
+    image = axis.imshow(matrix, vmin=0, vmax=1, cmap="RdBu")
+    axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axis.set_yticks(range(len(names)), names)
+    for (i, j), value in np.ndenumerate(matrix):
+        axis.text(j, i, f"{100 * value:.0f}", ha="center", va="center", fontsize=8)
+    axis.set_title("win rate of row over column (%)")
+    figure.colorbar(image)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:

@@ -19,7 +19,7 @@ from comal.llm.logprobs import encode
 class SamplingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    samples_per_prompt: int = Field(5, ge=2, description="k responses per prompt (the paper: 5)")
+    samples_per_prompt: int = Field(5, ge=1, description="k responses per prompt (the paper: 5)")
     temperature: float = Field(0.8, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(256, ge=1)
