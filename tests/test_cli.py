@@ -61,6 +61,12 @@ def test_run_with_eta_tau_and_random_init(paper_file):
     assert json.loads(result.stdout)["duality_gap"] > 0.01
 
 
+def test_comal_inner_rule_from_the_cli(paper_file):
+    result = invoke("game", "run", paper_file, "-a", "comal", "--inner", "inpo", "-T", 20000, "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["duality_gap"] < 1e-6
+    assert invoke("game", "run", paper_file, "-a", "onpo", "--inner", "inpo").exit_code == 2
+
+
 def test_run_table_reports_steps_to_thresholds(paper_file):
     result = invoke("game", "run", paper_file, "-a", "mwu", "-T", 300)
     assert result.exit_code == 0

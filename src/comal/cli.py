@@ -82,6 +82,7 @@ def run_command(
     iterations: int = typer.Option(10_000, "--iterations", "-T", help="number of updates"),
     eta: Optional[float] = typer.Option(None, help="step size η (default: from the game's payoff scale)"),
     tau: Optional[float] = typer.Option(None, help="KL regularisation τ toward the reference μ"),
+    inner: Optional[str] = typer.Option(None, help="comal only: inner rule (extragradient, inpo, nash-md, mpo)"),
     init: str = typer.Option("uniform", help="'uniform', 'random' (Dirichlet, --seed) or weights a,b,c"),
     seed: int = typer.Option(0, help="seed of --init random"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
@@ -89,7 +90,9 @@ def run_command(
     """Run one update rule and report its last iterate against the exact Nash."""
     game = load_game(matrix)
     start = initial_policy(init, game.shape[-1], seed=seed)
-    given = {key: value for key, value in {"eta": eta, "tau": tau}.items() if value is not None}
+    if inner is not None and algorithm != "comal":
+        raise ValueError("--inner applies to --algorithm comal only")
+    given = {key: value for key, value in {"eta": eta, "tau": tau, "inner": inner}.items() if value is not None}
     rule = make_rule(algorithm, game, **given)
     if iterations < 0:
         raise ValueError(f"iterations must be ≥ 0, got {iterations}")
