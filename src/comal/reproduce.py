@@ -122,7 +122,7 @@ def plot_convergence(results: dict[str, dict[str, RunResult]], path: Path) -> No
             iterations = [h["iteration"] for h in result.history]
             gaps = np.maximum([h["duality_gap"] for h in result.history], 1e-16)
             axis.plot(iterations, gaps, label=name, lw=2.4 if name == "comal" else 1.3,
-                      ls=("-", "--", ":")[index % 3], color=f"C{index}")
+                      ls="-" if name == "comal" else ("-", "--", ":")[index % 3], color=f"C{index}")
         axis.set_yscale("log")
         axis.set_ylim(1e-16, 2)
         axis.set_xlabel("iteration")
