@@ -151,3 +151,28 @@ def test_evaluation_win_rates_and_matrix(setup):
     result = CliRunner().invoke(app, ["evaluate", str(tmp / "eval_run"), "-i", "1", "--matrix"])
     assert result.exit_code == 0, result.output
     assert "win_rate_vs_start" in result.stdout
+
+
+def test_paper_preset_runs_with_a_tiny_model_swapped_in(setup):
+    """configs/comal-paper.yaml as shipped, only the model, judge, prompts and sizes made tiny."""
+    from pathlib import Path
+
+    _, tmp = setup
+    preset = Path(__file__).parents[1] / "configs" / "comal-paper.yaml"
+    settings = load_config(preset, {"prompts": str(tmp / "prompts.jsonl"), "iterations": 1,
+                                    "sampling": {"samples_per_prompt": 5, "max_new_tokens": 4}})
+    assert settings.eta == 500 and settings.rows == "hard" and settings.reference_period == 12
+    tokenizer = tiny_tokenizer()
+    pipeline = pipeline_from_config(settings, tmp / "paper", judge=length_judge(),
+                                    model=tiny_causal_lm(tokenizer), tokenizer=tokenizer)
+    pipeline.run()
+    metrics = (tmp / "paper" / "iter_000" / "fit_current" / "train" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) >= 3  # 3 epochs
+    assert pipeline.status()[0]["fit_current/train"]
+
+
+def test_empty_prompts_are_refused(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "hello"}\n{"prompt": "  "}\n')
+    with pytest.raises(RunError, match="line 2: the prompt is empty"):
+        load_prompts(path)

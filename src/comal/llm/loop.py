@@ -56,6 +56,8 @@ def load_prompts(path: str | Path, field: str = "prompt") -> list[str]:
             raise RunError(f"{path}, line {number}: not a JSON object") from None
         if not isinstance(record, dict) or not isinstance(record.get(field), str):
             raise RunError(f"{path}, line {number}: no '{field}' text field; set prompt_field in the config")
+        if not record[field].strip():
+            raise RunError(f"{path}, line {number}: the prompt is empty; remove the line or fill it in")
         prompts.append(record[field])
     if not prompts:
         raise RunError(f"{path} holds no prompts")
@@ -320,9 +322,13 @@ def _write_json(path: Path, payload) -> None:
     path.write_text(json.dumps(payload, indent=1))
 
 
-def pipeline_from_config(config: RunConfig, run_dir: str | Path, *, judge=None,
+def pipeline_from_config(config: RunConfig, run_dir: str | Path, *, judge=None, model=None, tokenizer=None,
                          progress: Callable[[str], None] = lambda message: None) -> Pipeline:
-    """Load the tokenizer and judge named in ``config``; copy the start policy into the run folder."""
+    """Load the tokenizer and judge named in ``config``; copy the start policy into the run folder.
+
+    ``model``/``tokenizer`` (objects) replace ``model.path``; ``judge`` (any :class:`Judge`)
+    replaces the judge of the config.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -330,10 +336,11 @@ def pipeline_from_config(config: RunConfig, run_dir: str | Path, *, judge=None,
 
     run_dir = Path(run_dir)
     model_path = Path(config.model.path)
-    if not (model_path / "config.json").is_file():
+    if model is None and not (model_path / "config.json").is_file():
         raise RunError(f"model.path {model_path} is not a saved transformers model (no config.json); "
                        "save one with save_pretrained or fix the path")
-    tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or model_path)
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or model_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
 
@@ -359,7 +366,7 @@ def pipeline_from_config(config: RunConfig, run_dir: str | Path, *, judge=None,
     if not start.is_dir():
         temporary = run_dir / (START + ".tmp")
         shutil.rmtree(temporary, ignore_errors=True)
-        load_model(model_path).save_pretrained(temporary, safe_serialization=True)
+        (model if model is not None else load_model(model_path)).save_pretrained(temporary, safe_serialization=True)
         tokenizer.save_pretrained(temporary)
         temporary.rename(start)
     (run_dir / "config.json").write_text(config.model_dump_json(indent=1))
