@@ -176,3 +176,18 @@ def test_empty_prompts_are_refused(tmp_path):
     path.write_text('{"prompt": "hello"}\n{"prompt": "  "}\n')
     with pytest.raises(RunError, match="line 2: the prompt is empty"):
         load_prompts(path)
+
+
+def test_lora_training_saves_a_full_checkpoint(setup):
+    from transformers import AutoModelForCausalLM
+
+    config, tmp = setup
+    settings = config(iterations=1, model={"path": str(tmp / "policy"),
+                                           "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}})
+    pipeline = pipeline_from_config(settings, tmp / "lora", judge=length_judge())
+    pipeline.run()
+    trained = AutoModelForCausalLM.from_pretrained(pipeline.policy_dir(1, "current"))
+    start = AutoModelForCausalLM.from_pretrained(tmp / "lora" / "start")
+    changed = {name for name, p in trained.named_parameters()
+               if not (p == dict(start.named_parameters())[name]).all()}
+    assert changed and all("q_proj" in name or "v_proj" in name for name in changed)

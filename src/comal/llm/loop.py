@@ -208,10 +208,16 @@ class Pipeline:
                                    second, {n: anchors[f"{n}_second"][i] for n in names} if second else {})
                           for i, (first, second) in enumerate(encoded)]
             model = self.load_model(self.policy_dir(iteration, CURRENT))
+            if self.config.model.lora is not None:
+                from peft import LoraConfig, get_peft_model
+
+                model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **self.config.model.lora))
             settings = self.config.training.model_copy(update={"seed": self.config.seed * 1_000 + iteration})
             train(model, train_rows, step, settings, pad_id=self.tokenizer.pad_token_id,
                   log_path=folder / "metrics.jsonl",
                   dpo_beta=self.config.beta if self.config.algorithm == "dpo" else None)
+            if self.config.model.lora is not None:  # a full checkpoint, loadable by from_pretrained
+                model = model.merge_and_unload()
             model.save_pretrained(folder / "model", safe_serialization=True)
             self.tokenizer.save_pretrained(folder / "model")
 
