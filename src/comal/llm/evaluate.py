@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from comal.llm.judge import Judge, JudgeCache
+from comal.llm.judge import Judge, JudgeCache, cached_prefer
 from comal.llm.sample import sample
 
 
@@ -38,14 +38,9 @@ def win_rate(judge: Judge, prompts: Sequence[str], first: Sequence[str | None], 
              cache: JudgeCache | None = None) -> tuple[float, int]:
     """Mean soft score of ``first`` over ``second`` (both orders) and the number of judge failures."""
     keep = [i for i, (a, b) in enumerate(zip(first, second)) if a is not None and b is not None]
-    cache = cache if cache is not None else JudgeCache()
     asks = [(prompts[i], first[i], second[i]) for i in keep] + [(prompts[i], second[i], first[i]) for i in keep]
-    keys = [JudgeCache.key(*ask) for ask in asks]
-    todo = [n for n, key in enumerate(keys) if key not in cache.values]
-    if todo:
-        cache.add([keys[n] for n in todo], judge.prefer(*zip(*[asks[n] for n in todo])))
-    forward = np.array([cache.values[k] for k in keys[:len(keep)]])
-    backward = np.array([cache.values[k] for k in keys[len(keep):]])
+    asked = cached_prefer(judge, asks, cache if cache is not None else JudgeCache())
+    forward, backward = asked[:len(keep)], asked[len(keep):]
     scores = np.nanmean(np.stack([forward, 1 - backward]), axis=0)
     failures = int(np.isnan(forward).sum() + np.isnan(backward).sum())
     return (float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")), failures

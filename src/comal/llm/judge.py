@@ -85,6 +85,17 @@ class JudgeCache:
                 handle.write("\n".join(lines) + "\n")
 
 
+def cached_prefer(judge: Judge, asks: Sequence[tuple[str, str, str]], cache: JudgeCache) -> np.ndarray:
+    """``P(first ≻ second | prompt)`` for each ``(prompt, first, second)``, asking the judge only
+    for those not in ``cache`` (in one batch) and recording them there."""
+    keys = [JudgeCache.key(*ask) for ask in asks]
+    todo = [n for n, key in enumerate(keys) if key not in cache.values]
+    if todo:
+        prompts, first, second = zip(*[asks[n] for n in todo])
+        cache.add([keys[n] for n in todo], np.asarray(judge.prefer(prompts, first, second), dtype=np.float64))
+    return np.array([cache.values[key] for key in keys])
+
+
 @dataclass
 class Judged:
     """Win matrix of the samples of one prompt and how many single judgements failed."""
@@ -95,16 +106,11 @@ class Judged:
 
 def judge_samples(judge: Judge, prompt: str, responses: Sequence[str], cache: JudgeCache | None = None) -> Judged:
     """Judge every ordered pair of ``responses`` (both orders, averaged), using ``cache`` if given."""
-    cache = cache if cache is not None else JudgeCache()
     k = len(responses)
     ordered = [(i, j) for i in range(k) for j in range(k) if i != j]
-    keys = [JudgeCache.key(prompt, responses[i], responses[j]) for i, j in ordered]
-    todo = [n for n, key in enumerate(keys) if key not in cache.values]
-    if todo:
-        probabilities = judge.prefer([prompt] * len(todo), [responses[ordered[n][0]] for n in todo],
-                                     [responses[ordered[n][1]] for n in todo])
-        cache.add([keys[n] for n in todo], np.asarray(probabilities, dtype=np.float64))
-    single = {pair: cache.values[key] for pair, key in zip(ordered, keys)}
+    asked = cached_prefer(judge, [(prompt, responses[i], responses[j]) for i, j in ordered],
+                          cache if cache is not None else JudgeCache())
+    single = dict(zip(ordered, asked))
     failures = sum(np.isnan(p) for p in single.values())
     wins = np.full((k, k), 0.5)
     for i in range(k):
