@@ -7,7 +7,7 @@ from scipy.special import expit
 from comal.llm.judge import (
     CallableJudge, JudgeCache, LLMJudge, RewardModelJudge, ScriptedJudge, judge_samples,
 )
-from tiny import tiny_causal_lm, tiny_reward_model, tiny_tokenizer
+from comal.llm.tiny import tiny_causal_lm, tiny_reward_model, tiny_tokenizer
 
 RESPONSES = ["a b", "c d", "e f"]
 

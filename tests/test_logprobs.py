@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from comal.llm.logprobs import Encoded, batched_logps, collate, encode, sequence_logps
-from tiny import tiny_causal_lm, tiny_tokenizer
+from comal.llm.tiny import tiny_causal_lm, tiny_tokenizer
 
 
 def test_encode_puts_the_response_after_the_prompt():

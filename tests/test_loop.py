@@ -9,7 +9,7 @@ from comal.llm import loop
 from comal.llm.config import load_config
 from comal.llm.judge import CallableJudge
 from comal.llm.loop import RunError, load_prompts, pipeline_from_config
-from tiny import tiny_causal_lm, tiny_tokenizer
+from comal.llm.tiny import tiny_causal_lm, tiny_tokenizer
 
 PROMPTS = ["say hello", "please write a b", "which is better", "say the answer"]
 

@@ -3,7 +3,7 @@
 import pytest
 
 from comal.llm.sample import SamplingConfig, sample
-from tiny import tiny_causal_lm, tiny_tokenizer
+from comal.llm.tiny import tiny_causal_lm, tiny_tokenizer
 
 PROMPTS = ["say hello", "please write a b c", "which is better"]
 

@@ -6,7 +6,7 @@ from comal.llm.logprobs import batched_logps, encode
 from comal.llm.train import TrainConfig, TrainRow, train
 from comal.rules import make_rule
 from comal.games import paper_3x3
-from tiny import tiny_causal_lm, tiny_tokenizer
+from comal.llm.tiny import tiny_causal_lm, tiny_tokenizer
 
 
 def _rows(tokenizer, model, step, pointwise=False):

@@ -1,4 +1,5 @@
-"""Tiny Hugging Face models and a tokenizer built locally (nothing is downloaded)."""
+"""Tiny Hugging Face models and a word-level tokenizer built locally (nothing is downloaded),
+for tests, benchmarks and the enumerable testbed."""
 
 from __future__ import annotations
 

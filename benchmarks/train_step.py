@@ -1,0 +1,171 @@
+"""Training throughput and peak memory: comal's INPO/COMAL step against TRL's DPOTrainer with
+``loss_type="ipo"`` (holding a reference model, and with precomputed reference log-probs), on the
+same model, data and batch. Each variant runs in its own process so peak memory is its own.
+Also sampling and judging throughput (sequences/s) at batch sizes 1, 8, 32. Prints and saves JSON.
+
+    python benchmarks/train_step.py                  # needs trl (a benchmark-only extra)
+    python benchmarks/train_step.py --pairs 32 --hidden 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from comal.llm.tiny import WORDS, tiny_config, tiny_tokenizer
+
+VARIANTS = ("comal", "trl-reference-model", "trl-precomputed")
+
+
+def peak_memory_mb(baseline_kb: int) -> float:
+    """Peak memory of the training part: CUDA's allocator where there is one, else the growth of RSS."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kb) / 1024
+
+
+def make_data(pairs: int, prompt_words: int, response_words: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    words = [w for w in WORDS if w.isalpha()]
+    text = lambda k: " ".join(rng.choice(words, size=k))
+    return [{"prompt": text(prompt_words), "chosen": text(response_words), "rejected": text(response_words)}
+            for _ in range(pairs)]
+
+
+def build_model(tokenizer, hidden: int, layers: int):
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_config(tokenizer, hidden_size=hidden, intermediate_size=2 * hidden,
+                                        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4))
+
+
+def run_comal(args, tokenizer, data) -> dict:
+    from comal.llm.logprobs import batched_logps, encode
+    from comal.llm.train import TrainConfig, TrainRow, train
+    from comal.rules import make_rule
+
+    model = build_model(tokenizer, args.hidden, args.layers)
+    encode_text = lambda prompt, text: encode(tokenizer, prompt, tokenizer(text, add_special_tokens=False)["input_ids"]
+                                             + [tokenizer.eos_token_id])
+    firsts = [encode_text(row["prompt"], row["chosen"]) for row in data]
+    seconds = [encode_text(row["prompt"], row["rejected"]) for row in data]
+    step = make_rule("comal", 1.0, inner="inpo", eta=args.eta, tau=args.tau_eta_ratio / args.eta).prox_steps()[0]
+    import accelerate  # noqa: F401  (imported before the baseline, as TRL's variants import it with trl)
+    import transformers.optimization  # noqa: F401
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    # anchors: log-probs of π_t and μ, once, without gradients (both equal the start model here)
+    anchor_first = batched_logps(model, firsts, tokenizer.pad_token_id, args.batch)
+    anchor_second = batched_logps(model, seconds, tokenizer.pad_token_id, args.batch)
+    anchors_seconds = time.perf_counter() - start
+    rows = [TrainRow(f, {"current": a, "reference": a}, 0.5, s, {"current": b, "reference": b})
+            for f, s, a, b in zip(firsts, seconds, anchor_first, anchor_second)]
+    start = time.perf_counter()
+    train(model, rows, step, TrainConfig(epochs=1, batch_size=args.batch, learning_rate=1e-5, warmup_ratio=0.0,
+                                          mixed_precision="no"), pad_id=tokenizer.pad_token_id)
+    train_seconds = time.perf_counter() - start
+    tokens = sum(len(f.ids) + len(s.ids) for f, s in zip(firsts, seconds))
+    return {"train_s": train_seconds, "anchors_s": anchors_seconds, "tokens": tokens,
+            "peak_memory_mb": peak_memory_mb(baseline)}
+
+
+def run_trl(args, tokenizer, data, precompute: bool) -> dict:
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    model = build_model(tokenizer, args.hidden, args.layers)
+    reference = None if precompute else build_model(tokenizer, args.hidden, args.layers)
+    config = DPOConfig(output_dir="/tmp/comal-trl-bench", loss_type="ipo", beta=1.0 / args.eta,
+                       per_device_train_batch_size=args.batch, num_train_epochs=1, learning_rate=1e-5,
+                       precompute_ref_log_probs=precompute, report_to=[], use_cpu=not torch.cuda.is_available(),
+                       bf16=False, logging_steps=10_000, save_strategy="no", disable_tqdm=True, seed=0)
+    trainer = DPOTrainer(model=model, ref_model=reference, args=config, train_dataset=Dataset.from_list(data),
+                         processing_class=tokenizer)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    tokens = sum(len(tokenizer(row["prompt"] + " " + row[side])["input_ids"]) + 1
+                 for row in data for side in ("chosen", "rejected"))
+    return {"train_s": seconds, "tokens": tokens, "peak_memory_mb": peak_memory_mb(baseline)}
+
+
+def throughput(args, tokenizer) -> dict:
+    """Sequences per second for sampling (``generate``) and for the LLM judge, at batch sizes 1, 8, 32."""
+    from comal.llm.judge import LLMJudge
+    from comal.llm.sample import SamplingConfig, sample
+
+    model = build_model(tokenizer, args.hidden, args.layers).eval()
+    judge = LLMJudge(model, tokenizer, min_mass=0.0)
+    data = make_data(32, 16, args.response_words)
+    prompts = [row["prompt"] for row in data]
+    results = {}
+    for batch in (1, 8, 32):
+        start = time.perf_counter()
+        sample(model, tokenizer, prompts[:max(batch, 8)],
+               SamplingConfig(samples_per_prompt=1, batch_size=batch, max_new_tokens=args.response_words))
+        sampled = max(batch, 8) / (time.perf_counter() - start)
+        judge.batch_size = batch
+        start = time.perf_counter()
+        judge.prefer(prompts, [row["chosen"] for row in data], [row["rejected"] for row in data])
+        judged = len(data) / (time.perf_counter() - start)
+        results[batch] = {"sample_sequences_per_s": sampled, "judge_pairs_per_s": judged}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", choices=VARIANTS + ("throughput",), help="run one variant (internal)")
+    parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--response-words", type=int, default=48)
+    parser.add_argument("--eta", type=float, default=10.0)
+    parser.add_argument("--tau-eta-ratio", type=float, default=1 / 3)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train_step.json")
+    args = parser.parse_args()
+    tokenizer = tiny_tokenizer()
+    if args.variant is not None:
+        data = make_data(args.pairs, 16, args.response_words)
+        result = {"comal": lambda: run_comal(args, tokenizer, data),
+                  "trl-reference-model": lambda: run_trl(args, tokenizer, data, precompute=False),
+                  "trl-precomputed": lambda: run_trl(args, tokenizer, data, precompute=True),
+                  "throughput": lambda: throughput(args, tokenizer)}[args.variant]()
+        print(json.dumps(result))
+        return
+    results = {}
+    passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("variant", "out")]
+    for variant in VARIANTS + ("throughput",):
+        completed = subprocess.run([sys.executable, __file__, "--variant", variant, *passthrough],
+                                   capture_output=True, text=True, check=True)
+        results[variant] = json.loads(completed.stdout.strip().splitlines()[-1])
+        if variant != "throughput":
+            r = results[variant]
+            print(f"{variant:>20}: {r['tokens'] / r['train_s']:8.0f} tokens/s, peak memory {r['peak_memory_mb']:7.1f} MB")
+    ours = results["comal"]
+    for peer in ("trl-reference-model", "trl-precomputed"):
+        other = results[peer]
+        print(f"comal vs {peer}: throughput {(ours['tokens'] / ours['train_s']) / (other['tokens'] / other['train_s']):.2f}×,"
+              f" peak memory {ours['peak_memory_mb'] / max(other['peak_memory_mb'], 1e-9):.2f}×")
+    for batch, row in results["throughput"].items():
+        print(f"batch {batch:>2}: sampling {row['sample_sequences_per_s']:.1f} sequences/s, "
+              f"judging {row['judge_pairs_per_s']:.1f} pairs/s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "out" and k != "variant"},
+                                    "device": "cuda" if torch.cuda.is_available() else "cpu",
+                                    "results": results}, indent=1, default=str))
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
