@@ -1,6 +1,7 @@
 """Training throughput and peak memory: comal's INPO/COMAL step against TRL's DPOTrainer with
 ``loss_type="ipo"`` (holding a reference model, and with precomputed reference log-probs), on the
-same model, data and batch. Each variant runs in its own process so peak memory is its own.
+same model, data and batch; comal with and without activation checkpointing, which TRL's
+DPOConfig turns on by default. Each variant runs in its own process so peak memory is its own.
 Also sampling and judging throughput (sequences/s) at batch sizes 1, 8, 32. Prints and saves JSON.
 
     python benchmarks/train_step.py                  # needs trl (a benchmark-only extra)
@@ -22,7 +23,7 @@ import torch
 
 from comal.llm.tiny import WORDS, tiny_config, tiny_tokenizer
 
-VARIANTS = ("comal", "trl-reference-model", "trl-precomputed")
+VARIANTS = ("comal", "comal-checkpointing", "trl-reference-model", "trl-precomputed")
 
 
 def peak_memory_mb(baseline_kb: int) -> float:
@@ -48,7 +49,7 @@ def build_model(tokenizer, hidden: int, layers: int):
                                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4))
 
 
-def run_comal(args, tokenizer, data) -> dict:
+def run_comal(args, tokenizer, data, checkpointing: bool) -> dict:
     from comal.llm.logprobs import batched_logps, encode
     from comal.llm.train import TrainConfig, TrainRow, train
     from comal.rules import make_rule
@@ -71,7 +72,8 @@ def run_comal(args, tokenizer, data) -> dict:
             for f, s, a, b in zip(firsts, seconds, anchor_first, anchor_second)]
     start = time.perf_counter()
     train(model, rows, step, TrainConfig(epochs=1, batch_size=args.batch, learning_rate=1e-5, warmup_ratio=0.0,
-                                          mixed_precision="no"), pad_id=tokenizer.pad_token_id)
+                                          mixed_precision="no", gradient_checkpointing=checkpointing),
+          pad_id=tokenizer.pad_token_id)
     train_seconds = time.perf_counter() - start
     tokens = sum(len(f.ids) + len(s.ids) for f, s in zip(firsts, seconds))
     return {"train_s": train_seconds, "anchors_s": anchors_seconds, "tokens": tokens,
@@ -137,7 +139,8 @@ def main() -> None:
     tokenizer = tiny_tokenizer()
     if args.variant is not None:
         data = make_data(args.pairs, 16, args.response_words)
-        result = {"comal": lambda: run_comal(args, tokenizer, data),
+        result = {"comal": lambda: run_comal(args, tokenizer, data, checkpointing=False),
+                  "comal-checkpointing": lambda: run_comal(args, tokenizer, data, checkpointing=True),
                   "trl-reference-model": lambda: run_trl(args, tokenizer, data, precompute=False),
                   "trl-precomputed": lambda: run_trl(args, tokenizer, data, precompute=True),
                   "throughput": lambda: throughput(args, tokenizer)}[args.variant]()
@@ -152,11 +155,13 @@ def main() -> None:
         if variant != "throughput":
             r = results[variant]
             print(f"{variant:>20}: {r['tokens'] / r['train_s']:8.0f} tokens/s, peak memory {r['peak_memory_mb']:7.1f} MB")
-    ours = results["comal"]
-    for peer in ("trl-reference-model", "trl-precomputed"):
-        other = results[peer]
-        print(f"comal vs {peer}: throughput {(ours['tokens'] / ours['train_s']) / (other['tokens'] / other['train_s']):.2f}×,"
-              f" peak memory {ours['peak_memory_mb'] / max(other['peak_memory_mb'], 1e-9):.2f}×")
+    for mine in ("comal", "comal-checkpointing"):  # TRL's DPOConfig checkpoints activations by default
+        ours = results[mine]
+        for peer in ("trl-reference-model", "trl-precomputed"):
+            other = results[peer]
+            print(f"{mine} vs {peer}: throughput "
+                  f"{(ours['tokens'] / ours['train_s']) / (other['tokens'] / other['train_s']):.2f}×,"
+                  f" peak memory {ours['peak_memory_mb'] / max(other['peak_memory_mb'], 1e-9):.2f}×")
     for batch, row in results["throughput"].items():
         print(f"batch {batch:>2}: sampling {row['sample_sequences_per_s']:.1f} sequences/s, "
               f"judging {row['judge_pairs_per_s']:.1f} pairs/s")

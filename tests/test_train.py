@@ -45,3 +45,16 @@ def test_no_rows_is_a_clear_error():
     step = make_rule("inpo", paper_3x3()).prox_steps()[0]
     with pytest.raises(ValueError, match="no training rows"):
         train(tiny_causal_lm(tokenizer), [], step, TrainConfig(), pad_id=0)
+
+
+def test_activation_checkpointing_changes_memory_not_results():
+    tokenizer = tiny_tokenizer()
+    step = make_rule("comal", paper_3x3(), inner="inpo", eta=2.0, tau=0.1).prox_steps()[0]
+    results = []
+    for checkpointing in (False, True):
+        model = tiny_causal_lm(tokenizer)
+        rows = _rows(tokenizer, model, step)
+        config = TrainConfig(epochs=3, learning_rate=1e-2, batch_size=2, warmup_ratio=0.0,
+                             gradient_checkpointing=checkpointing)
+        results.append([m["loss"] for m in train(model, rows, step, config, pad_id=tokenizer.pad_token_id)])
+    assert results[0] == pytest.approx(results[1], rel=1e-4)

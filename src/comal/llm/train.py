@@ -47,6 +47,7 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="auto: bf16 where supported")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, slower")
     seed: int = 0
 
 
@@ -57,12 +58,14 @@ def _precision(choice: str) -> str:
 
 
 def _collate_rows(rows: Sequence[TrainRow], pad_id: int) -> dict:
+    """One padded batch of every sequence (firsts, then seconds: one forward pass) and the columns."""
     names = sorted({name for row in rows for name in row.anchors_first})
-    batch = {"first": collate([row.first for row in rows], pad_id),
+    pairwise = rows[0].second is not None
+    sequences = [row.first for row in rows] + ([row.second for row in rows] if pairwise else [])
+    batch = {"sequences": collate(sequences, pad_id),
              "anchors_first": {n: torch.tensor([row.anchors_first[n] for row in rows]) for n in names},
              "target": torch.tensor([row.target for row in rows])}
-    if rows[0].second is not None:
-        batch["second"] = collate([row.second for row in rows], pad_id)
+    if pairwise:
         batch["anchors_second"] = {n: torch.tensor([row.anchors_second[n] for row in rows]) for n in names}
     return batch
 
@@ -78,11 +81,10 @@ def row_losses(model, step: ProxStep, batch: dict, dpo_beta: float | None = None
 
     With ``dpo_beta`` the pairwise margin goes through DPO's logistic loss instead of the square.
     """
-    policy_first = sequence_logps(model, batch["first"])
-    if "second" not in batch:
-        loss = pointwise_loss(step, policy_first, batch["anchors_first"], batch["target"])
-        return loss, policy_first.detach()
-    policy_second = sequence_logps(model, batch["second"])
+    policy = sequence_logps(model, batch["sequences"])
+    policy_first, policy_second = policy[:len(batch["target"])], policy[len(batch["target"]):]
+    if "anchors_second" not in batch:
+        return pointwise_loss(step, policy_first, batch["anchors_first"], batch["target"]), policy_first.detach()
     margin = pairwise_margin(step, policy_first, policy_second, batch["anchors_first"], batch["anchors_second"])
     if dpo_beta is not None:
         return -F.logsigmoid(dpo_beta * margin), margin.detach()
@@ -101,6 +103,8 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
     accelerator = accelerator or Accelerator(mixed_precision=_precision(config.mixed_precision),
                                              gradient_accumulation_steps=config.gradient_accumulation)
     set_seed(config.seed)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     loader = DataLoader(list(rows), batch_size=config.batch_size, shuffle=True,
                         collate_fn=lambda chunk: _collate_rows(chunk, pad_id),
                         generator=torch.Generator().manual_seed(config.seed))
@@ -124,7 +128,7 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
             if accelerator.sync_gradients:
                 record = {"epoch": epoch, "step": len(metrics), "loss": accelerator.gather(loss.detach()).mean().item(),
                           "margin": margins.mean().item(), "learning_rate": scheduler.get_last_lr()[0]}
-                if "second" in batch:
+                if "anchors_second" in batch:
                     record["pair_accuracy"] = (margins > 0).float().mean().item()
                 metrics.append(record)
                 accelerator.log(record, step=len(metrics))
@@ -132,5 +136,7 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
                     log.write(json.dumps(record) + "\n")
     if log is not None:
         log.close()
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_disable()
     model.eval()
     return metrics
