@@ -45,3 +45,16 @@ def test_bad_sampling_settings():
         SamplingConfig(samples_per_prompt=0)
     with pytest.raises(ValueError, match="temperature"):
         SamplingConfig(temperature=0)
+
+
+def test_vllm_backend_without_vllm_is_a_clear_error():
+    pytest.importorskip("torch")
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vllm is installed here")
+    except ImportError:
+        pass
+    from comal.llm.sample import sample_with_vllm
+
+    with pytest.raises(ValueError, match="vllm is not installed"):
+        sample_with_vllm("model", tiny_tokenizer(), ["say hello"], SamplingConfig(backend="vllm"))

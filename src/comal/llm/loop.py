@@ -30,7 +30,7 @@ from comal.llm.evaluate import checkpoint_responses, mean_length, win_rate
 from comal.llm.judge import JudgeCache, judge_samples
 from comal.llm.logprobs import Encoded, batched_logps, encode
 from comal.llm.pairs import estimated_advantages, hard_rows, soft_rows
-from comal.llm.sample import sample
+from comal.llm.sample import sample, sample_with_vllm
 from comal.llm.train import TrainRow, train
 from comal.rules import CURRENT, REFERENCE, ProxStep, make_rule
 
@@ -128,9 +128,11 @@ class Pipeline:
                 count = self.config.prompts_per_iteration
                 start = (iteration * count) % len(prompts)
                 prompts = (prompts + prompts)[start:start + min(count, len(prompts))]
-            model = self.load_model(self.policy_dir(iteration, CURRENT))
             settings = self.config.sampling.model_copy(update={"seed": self.config.seed * 1_000 + iteration})
-            drawn = sample(model, self.tokenizer, prompts, settings)
+            if settings.backend == "vllm":
+                drawn = sample_with_vllm(self.policy_dir(iteration, CURRENT), self.tokenizer, prompts, settings)
+            else:
+                drawn = sample(self.load_model(self.policy_dir(iteration, CURRENT)), self.tokenizer, prompts, settings)
             records = [{"prompt": p, "response_ids": [list(r) for r in ids], "texts": texts}
                        for p, ids, texts in zip(drawn.prompts, drawn.response_ids, drawn.texts)]
             _write_jsonl(folder / "samples.jsonl", records)

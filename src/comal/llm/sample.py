@@ -26,6 +26,7 @@ class SamplingConfig(BaseModel):
     batch_size: int = Field(8, ge=1, description="prompts per generate call")
     seed: int = 0
     long_prompts: Literal["truncate", "skip"] = "truncate"
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="vllm where it is installed")
 
 
 @dataclass
@@ -37,6 +38,28 @@ class Samples:
     texts: list[list[str]] = field(default_factory=list)
     truncated: int = 0
     skipped: int = 0
+
+
+def sample_with_vllm(model_path, tokenizer, prompts: Sequence[str], config: SamplingConfig) -> Samples:
+    """The same stage on vLLM (imported only here; ``pip install vllm``). Prompts longer than the
+    context are left to vLLM, which refuses them."""
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError:
+        raise ValueError("sampling.backend is 'vllm' but vllm is not installed; "
+                         "pip install vllm, or set sampling.backend: transformers") from None
+    engine = LLM(model=str(model_path), seed=config.seed)
+    params = SamplingParams(n=config.samples_per_prompt, temperature=config.temperature, top_p=config.top_p,
+                            max_tokens=config.max_new_tokens, seed=config.seed)
+    encoded = [list(encode(tokenizer, prompt, ()).ids) for prompt in prompts]
+    outputs = engine.generate([{"prompt_token_ids": ids} for ids in encoded], params)
+    result = Samples()
+    for prompt, output in zip(prompts, outputs):
+        responses = [tuple(choice.token_ids) for choice in output.outputs]
+        result.prompts.append(prompt)
+        result.response_ids.append(responses)
+        result.texts.append([tokenizer.decode(r, skip_special_tokens=True) for r in responses])
+    return result
 
 
 def context_limit(model) -> int | None:
