@@ -103,8 +103,11 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
     accelerator = accelerator or Accelerator(mixed_precision=_precision(config.mixed_precision),
                                              gradient_accumulation_steps=config.gradient_accumulation)
     set_seed(config.seed)
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.gradient_checkpointing:  # transformers 5 renamed it activation checkpointing
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     loader = DataLoader(list(rows), batch_size=config.batch_size, shuffle=True,
                         collate_fn=lambda chunk: _collate_rows(chunk, pad_id),
                         generator=torch.Generator().manual_seed(config.seed))
@@ -137,6 +140,6 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
     if log is not None:
         log.close()
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_disable()
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
     model.eval()
     return metrics
