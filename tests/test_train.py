@@ -58,3 +58,24 @@ def test_activation_checkpointing_changes_memory_not_results():
                              gradient_checkpointing=checkpointing)
         results.append([m["loss"] for m in train(model, rows, step, config, pad_id=tokenizer.pad_token_id)])
     assert results[0] == pytest.approx(results[1], rel=1e-4)
+
+
+def test_metrics_reach_tensorboard(tmp_path):
+    tokenizer = tiny_tokenizer()
+    model = tiny_causal_lm(tokenizer)
+    step = make_rule("inpo", paper_3x3()).prox_steps()[0]
+    train(model, _rows(tokenizer, model, step), step, TrainConfig(epochs=1, report_to=["tensorboard"]),
+          pad_id=tokenizer.pad_token_id, log_path=tmp_path / "metrics.jsonl")
+    assert list(tmp_path.rglob("events.out.tfevents.*"))
+
+
+def test_a_tracker_that_is_not_installed_is_a_clear_error(monkeypatch):
+    import accelerate.utils
+
+    monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
+    tokenizer = tiny_tokenizer()
+    model = tiny_causal_lm(tokenizer)
+    step = make_rule("inpo", paper_3x3()).prox_steps()[0]
+    with pytest.raises(ValueError, match=r"report_to names \['wandb'\], which is not installed"):
+        train(model, _rows(tokenizer, model, step), step, TrainConfig(report_to=["wandb"]),
+              pad_id=tokenizer.pad_token_id)

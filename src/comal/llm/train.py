@@ -48,6 +48,8 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="auto: bf16 where supported")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, slower")
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list,
+                                                           description="accelerate trackers besides metrics.jsonl")
     seed: int = 0
 
 
@@ -98,10 +100,22 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
 
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
     if not rows:
         raise ValueError("no training rows: every prompt was skipped or judged a tie; check the earlier stages")
-    accelerator = accelerator or Accelerator(mixed_precision=_precision(config.mixed_precision),
-                                             gradient_accumulation_steps=config.gradient_accumulation)
+    installed = {"tensorboard": is_tensorboard_available(), "wandb": is_wandb_available()}
+    missing = [tracker for tracker in config.report_to if not installed[tracker]]
+    if missing:
+        raise ValueError(f"training.report_to names {missing}, which is not installed; pip install it or "
+                         "remove it from report_to")
+    if accelerator is None:
+        accelerator = Accelerator(mixed_precision=_precision(config.mixed_precision),
+                                  gradient_accumulation_steps=config.gradient_accumulation,
+                                  log_with=list(config.report_to) or None,
+                                  project_dir=Path(log_path).parent if log_path is not None else None)
+        if config.report_to:
+            accelerator.init_trackers("comal", config=config.model_dump(exclude={"report_to"}))
     set_seed(config.seed)
     if config.gradient_checkpointing:  # transformers 5 renamed it activation checkpointing
         if hasattr(model, "activation_checkpointing_enable"):
@@ -139,6 +153,8 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
                     log.write(json.dumps(record) + "\n")
     if log is not None:
         log.close()
+    if config.report_to:
+        accelerator.end_training()
     if config.gradient_checkpointing:
         (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
     model.eval()
