@@ -5,7 +5,7 @@ One folder per iteration and stage under the run folder::
     iter_000/sample  iter_000/judge  iter_000/pairs
     iter_000/fit_current/logprobs  iter_000/fit_current/train/{model,metrics.jsonl}
 
-Every stage writes into ``<stage>.tmp`` and renames it when complete, so a stage folder exists
+Stage rows are ``datasets`` folders (``<stage>/data``, Arrow). Every stage writes into ``<stage>.tmp`` and renames it when complete, so a stage folder exists
 only when its output is whole; a rerun skips finished stages, and a run killed at any point
 resumes where it stopped. Seeds depend only on (seed, iteration), so a resumed run ends with the
 same checkpoints as an uninterrupted one.
@@ -135,7 +135,7 @@ class Pipeline:
                 drawn = sample(self.load_model(self.policy_dir(iteration, CURRENT)), self.tokenizer, prompts, settings)
             records = [{"prompt": p, "response_ids": [list(r) for r in ids], "texts": texts}
                        for p, ids, texts in zip(drawn.prompts, drawn.response_ids, drawn.texts)]
-            _write_jsonl(folder / "samples.jsonl", records)
+            _save_rows(folder, records)
             _write_json(folder / "counts.json", {"prompts": len(records), "truncated": drawn.truncated,
                                                  "skipped": drawn.skipped})
 
@@ -145,12 +145,12 @@ class Pipeline:
         def write(folder: Path):
             cache = JudgeCache(self.run_dir / "judge_cache.jsonl")
             records, failures, empty = [], 0, 0
-            for record in _read_jsonl(self.stage_dir(iteration, "sample") / "samples.jsonl"):
+            for record in _load_rows(self.stage_dir(iteration, "sample")):
                 empty += sum(not text.strip() for text in record["texts"])
                 judged = judge_samples(self.judge, record["prompt"], record["texts"], cache)
                 failures += judged.failures
                 records.append({**record, "wins": judged.wins.tolist()})
-            _write_jsonl(folder / "judged.jsonl", records)
+            _save_rows(folder, records)
             _write_json(folder / "counts.json", {"judge_failures": failures, "empty_responses": empty})
 
         return self.write_stage(self.stage_dir(iteration, "judge"), write)
@@ -160,7 +160,7 @@ class Pipeline:
 
         def write(folder: Path):
             rows = []
-            for record in _read_jsonl(self.stage_dir(iteration, "judge") / "judged.jsonl"):
+            for record in _load_rows(self.stage_dir(iteration, "judge")):
                 wins = np.array(record["wins"], dtype=np.float64)
                 if np.isnan(wins).any():
                     continue  # a pair no order of the judge could score: the prompt is left out
@@ -172,12 +172,12 @@ class Pipeline:
                 made = hard_rows(wins) if self.config.rows == "hard" else soft_rows(wins)
                 rows += [{"prompt": record["prompt"], "first": record["response_ids"][row.first],
                           "second": record["response_ids"][row.second], "target": row.target} for row in made]
-            _write_jsonl(folder / "rows.jsonl", rows)
+            _save_rows(folder, rows)
 
         return self.write_stage(self.stage_dir(iteration, "pairs"), write)
 
     def _encoded_rows(self, iteration: int):
-        rows = _read_jsonl(self.stage_dir(iteration, "pairs") / "rows.jsonl")
+        rows = _load_rows(self.stage_dir(iteration, "pairs"))
         return rows, [(encode(self.tokenizer, r["prompt"], r["first"]),
                        None if r["second"] is None else encode(self.tokenizer, r["prompt"], r["second"]))
                       for r in rows]
@@ -318,12 +318,17 @@ def _plot_matrix(matrix: np.ndarray, names: list[str], path: Path) -> None:
     plt.close(figure)
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+def _save_rows(folder: Path, records: list[dict]) -> None:
+    """A stage's rows as a Hugging Face ``datasets`` folder (Arrow), under ``folder/data``."""
+    from datasets import Dataset
+
+    Dataset.from_list(records).save_to_disk(str(folder / "data"))
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+def _load_rows(folder: Path) -> list[dict]:
+    from datasets import load_from_disk
+
+    return load_from_disk(str(folder / "data")).to_list()
 
 
 def _write_json(path: Path, payload) -> None:
