@@ -70,7 +70,7 @@ def test_comal_reference_moves_every_k_iterations(setup):
     assert pipeline.policy_dir(3, "reference") == pipeline.policy_dir(2, "current")
 
 
-@pytest.mark.parametrize("stage", ["sample", "judge_samples", "train"])
+@pytest.mark.parametrize("stage", ["sample", "judge_samples", "soft_rows", "batched_logps", "train"])
 def test_a_killed_run_resumes_to_the_same_checkpoints(setup, stage, monkeypatch):
     config, tmp = setup
     straight = pipeline_from_config(config(), tmp / "straight", judge=length_judge())
