@@ -126,6 +126,11 @@ def test_cli_runs_stages_and_reports_status(setup):
     assert status.exit_code == 0 and status.stdout.count("done") == 5
     assert runner.invoke(app, ["sample", str(tmp / "nowhere"), "-i", "0"]).exit_code == 2
     assert runner.invoke(app, ["sample", str(run_dir), "-i", "7"]).exit_code == 2
+    early = runner.invoke(app, ["judge", str(tmp / "fresh"), "-i", "0"])
+    assert early.exit_code == 2
+    pipeline_from_config(settings, tmp / "fresh")
+    early = runner.invoke(app, ["judge", str(tmp / "fresh"), "-i", "0"])
+    assert early.exit_code == 2 and "missing the samples" in early.stderr
 
 
 def test_evaluation_win_rates_and_matrix(setup):

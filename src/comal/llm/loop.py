@@ -109,6 +109,13 @@ class Pipeline:
     def done(path: Path) -> bool:
         return path.is_dir()
 
+    def require(self, path: Path, what: str) -> Path:
+        """``path`` if that earlier output exists, else a clear error saying what to run first."""
+        if not self.done(path):
+            raise RunError(f"missing {what} ({path}); run the earlier stages first, "
+                           "or `comal run` to do them in order")
+        return path
+
     def write_stage(self, path: Path, write: Callable[[Path], None]) -> Path:
         """Run ``write`` into ``path.tmp`` and rename it to ``path`` once complete."""
         if self.done(path):
@@ -129,10 +136,11 @@ class Pipeline:
                 start = (iteration * count) % len(prompts)
                 prompts = (prompts + prompts)[start:start + min(count, len(prompts))]
             settings = self.config.sampling.model_copy(update={"seed": self.config.seed * 1_000 + iteration})
+            policy = self.require(self.policy_dir(iteration, CURRENT), f"the policy of iteration {iteration}")
             if settings.backend == "vllm":
-                drawn = sample_with_vllm(self.policy_dir(iteration, CURRENT), self.tokenizer, prompts, settings)
+                drawn = sample_with_vllm(policy, self.tokenizer, prompts, settings)
             else:
-                drawn = sample(self.load_model(self.policy_dir(iteration, CURRENT)), self.tokenizer, prompts, settings)
+                drawn = sample(self.load_model(policy), self.tokenizer, prompts, settings)
             records = [{"prompt": p, "response_ids": [list(r) for r in ids], "texts": texts}
                        for p, ids, texts in zip(drawn.prompts, drawn.response_ids, drawn.texts)]
             _save_rows(folder, records)
@@ -145,7 +153,7 @@ class Pipeline:
         def write(folder: Path):
             cache = JudgeCache(self.run_dir / "judge_cache.jsonl")
             records, failures, empty = [], 0, 0
-            for record in _load_rows(self.stage_dir(iteration, "sample")):
+            for record in _load_rows(self.require(self.stage_dir(iteration, "sample"), "the samples")):
                 empty += sum(not text.strip() for text in record["texts"])
                 judged = judge_samples(self.judge, record["prompt"], record["texts"], cache)
                 failures += judged.failures
@@ -160,7 +168,7 @@ class Pipeline:
 
         def write(folder: Path):
             rows = []
-            for record in _load_rows(self.stage_dir(iteration, "judge")):
+            for record in _load_rows(self.require(self.stage_dir(iteration, "judge"), "the judged samples")):
                 wins = np.array(record["wins"], dtype=np.float64)
                 if np.isnan(wins).any():
                     continue  # a pair no order of the judge could score: the prompt is left out
@@ -177,7 +185,7 @@ class Pipeline:
         return self.write_stage(self.stage_dir(iteration, "pairs"), write)
 
     def _encoded_rows(self, iteration: int):
-        rows = _load_rows(self.stage_dir(iteration, "pairs"))
+        rows = _load_rows(self.require(self.stage_dir(iteration, "pairs"), "the training rows"))
         return rows, [(encode(self.tokenizer, r["prompt"], r["first"]),
                        None if r["second"] is None else encode(self.tokenizer, r["prompt"], r["second"]))
                       for r in rows]
@@ -189,7 +197,7 @@ class Pipeline:
             _, encoded = self._encoded_rows(iteration)
             columns = {}
             for name in sorted(n for n, w in step.anchor.items() if w):
-                model = self.load_model(self.anchor_dir(iteration, name))
+                model = self.load_model(self.require(self.anchor_dir(iteration, name), f"the anchor policy '{name}'"))
                 for side, index in (("first", 0), ("second", 1)):
                     sequences = [pair[index] for pair in encoded if pair[index] is not None]
                     if sequences:
