@@ -1,0 +1,53 @@
+"""The constrained policy: its exact distribution sums to one and matches sampling frequencies."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from comal.llm.tiny import tiny_config, tiny_tokenizer
+from comal.testbed.space import ConstrainedLlama, ResponseSpace, exact_distribution
+
+
+def constrained_model(length=3, seed=0):
+    tokenizer = tiny_tokenizer()
+    tokens = tuple(tokenizer.convert_tokens_to_ids(["a", "b", "c", "d"]))
+    space = ResponseSpace(tokens, length, tokenizer.eos_token_id, prompt_length=2)
+    config = tiny_config(tokenizer)
+    config.response_space = {"tokens": list(tokens), "length": length, "eos": tokenizer.eos_token_id,
+                             "prompt_length": 2}
+    torch.manual_seed(seed)
+    return ConstrainedLlama(config).eval(), tokenizer, space
+
+
+def test_space_indexes_every_response_once():
+    _, _, space = constrained_model()
+    responses = space.responses()
+    assert responses.shape == (64, 4)
+    assert [space.index(r) for r in responses] == list(range(64))
+    assert space.index(list(responses[5][:-1])) is None  # no EOS
+    assert space.index([0, 0, 0, space.eos]) is None  # tokens outside the space
+
+
+def test_exact_distribution_matches_sampling_frequencies():
+    model, tokenizer, space = constrained_model()
+    prompt = [tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids("hello")]
+    exact = exact_distribution(model, prompt)
+    assert exact.sum() == pytest.approx(1.0, abs=1e-6)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        drawn = model.generate(torch.tensor([prompt]).expand(20_000, -1), do_sample=True, max_new_tokens=4,
+                               top_k=0, top_p=1.0, temperature=1.0, pad_token_id=tokenizer.pad_token_id,
+                               eos_token_id=space.eos)[:, 2:]
+    indices = [space.index(row) for row in drawn.tolist()]
+    assert None not in indices  # every sample lies in the space
+    counts = np.bincount(indices, minlength=space.size)
+    assert chisquare(counts, exact / exact.sum() * len(indices)).pvalue > 1e-3
+
+
+def test_constrained_model_saves_and_reloads(tmp_path):
+    model, tokenizer, _ = constrained_model()
+    prompt = [tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids("say")]
+    model.save_pretrained(tmp_path)
+    again = ConstrainedLlama.from_pretrained(tmp_path)
+    np.testing.assert_allclose(exact_distribution(again, prompt), exact_distribution(model, prompt), atol=1e-6)
