@@ -54,7 +54,6 @@ def per_iteration(sizes: list[int], prompts: int) -> list[dict]:
         rows.append(row)
         console.print(f"n={n:>6}: mat-vec {matvec * 1e3:.3f} ms; "
                       + ", ".join(f"{k} {v / matvec:.1f}×" for k, v in row["rules"].items()))
-        del game
     return rows
 
 

@@ -150,14 +150,12 @@ def reproduce_command(
     studies = default_studies(size, seed, iterations_3x3, iterations_random)
     total = len(RULES) * sum(study.iterations for study in studies)
     done: dict[str, int] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=errors) as progress:
-        task = progress.add_task("reproduce", total=total)
+    with _progress(total, "reproduce") as progress:
 
         def advance(key: str, t: int) -> None:
             done[key] = t
             if t % 500 == 0:
-                progress.update(task, completed=sum(done.values()), description=key)
+                progress.update(progress.task_ids[0], completed=sum(done.values()), description=key)
 
         rows = run_study(studies, out, on_step=advance)
     table = Table("game", "rule", "η", "τ", "evals/step", "final gap", "KL to Nash",

@@ -28,7 +28,7 @@ import numpy as np
 from comal.llm.config import RunConfig
 from comal.llm.evaluate import checkpoint_responses, mean_length, win_rate
 from comal.llm.judge import JudgeCache, judge_samples
-from comal.llm.logprobs import Encoded, batched_logps, encode
+from comal.llm.logprobs import batched_logps, encode
 from comal.llm.pairs import estimated_advantages, hard_rows, soft_rows
 from comal.llm.sample import sample, sample_with_vllm
 from comal.llm.train import TrainRow, train
