@@ -344,11 +344,12 @@ def _write_json(path: Path, payload) -> None:
 
 
 def pipeline_from_config(config: RunConfig, run_dir: str | Path, *, judge=None, model=None, tokenizer=None,
+                         load_model: Callable | None = None,
                          progress: Callable[[str], None] = lambda message: None) -> Pipeline:
     """Load the tokenizer and judge named in ``config``; copy the start policy into the run folder.
 
     ``model``/``tokenizer`` (objects) replace ``model.path``; ``judge`` (any :class:`Judge`)
-    replaces the judge of the config.
+    replaces the judge of the config; ``load_model(path)`` replaces ``AutoModelForCausalLM``.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -365,8 +366,10 @@ def pipeline_from_config(config: RunConfig, run_dir: str | Path, *, judge=None, 
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
 
-    def load_model(path: Path):
+    def load_causal_lm(path: Path):
         return AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+
+    load_model = load_model or load_causal_lm
 
     if judge is None:
         judge_path = Path(config.judge.path)

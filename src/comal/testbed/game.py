@@ -1,0 +1,71 @@
+"""The testbed's game: prompts of fixed token length, the enumerable responses of each, a general
+(intransitive) preference over them from :mod:`comal.games`, its Nash by LP, and the exact
+measures of a constrained policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from comal.games import GENERATORS, best_response_win_rate, duality_gap, kl_divergence, nash_lp
+from comal.llm.judge import ScriptedJudge
+from comal.llm.tiny import tiny_config, tiny_tokenizer
+from comal.testbed.space import ConstrainedLlama, ResponseSpace, exact_distribution
+
+PROMPT_WORDS = ("hello", "world", "please", "write", "say", "which", "answer", "instruction")
+CONTENT_WORDS = ("a", "b", "c", "d", "e", "f", "g", "h")
+
+
+@dataclass
+class Testbed:
+    tokenizer: object
+    space: ResponseSpace
+    prompts: list[str]  # each encodes to exactly space.prompt_length tokens (BOS + one word)
+    preference: np.ndarray  # [prompts, N, N], P(y_i ≻ y_j | x)
+    nash: np.ndarray  # [prompts, N] by LP
+
+    def responses(self) -> list[str]:
+        """The decoded text of every response index (what the judge and the summary see)."""
+        return [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in self.space.responses().tolist()]
+
+    def judge(self) -> ScriptedJudge:
+        """The scripted preference with its exact probabilities."""
+        texts = self.responses()
+        return ScriptedJudge({prompt: (texts, matrix) for prompt, matrix in zip(self.prompts, self.preference)})
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return [self.tokenizer.bos_token_id] + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def exact_policy(self, model: ConstrainedLlama) -> np.ndarray:
+        """π(·|x) over every response of every prompt, ``[prompts, N]``."""
+        return np.stack([exact_distribution(model, self.prompt_ids(prompt)) for prompt in self.prompts])
+
+    def measures(self, model: ConstrainedLlama) -> dict:
+        policy = self.exact_policy(model)
+        return {"duality_gap": duality_gap(self.preference, policy), "kl_to_nash": kl_divergence(self.nash, policy),
+                "best_response_win_rate": best_response_win_rate(self.preference, policy)}
+
+    def initial_policy(self, seed: int = 0, **config) -> ConstrainedLlama:
+        """A freshly initialised tiny transformer constrained to the space."""
+        settings = tiny_config(self.tokenizer, **config)
+        settings.response_space = {"tokens": list(self.space.tokens), "length": self.space.length,
+                                   "eos": self.space.eos, "prompt_length": self.space.prompt_length}
+        torch.manual_seed(seed)
+        return ConstrainedLlama(settings).eval()
+
+
+def make_testbed(*, tokens: int = 4, length: int = 3, prompts: int = 4, game: str = "intransitive",
+                 seed: int = 0) -> Testbed:
+    """``prompts`` prompts, ``tokens ** length`` responses each, preferences from ``game``."""
+    if not 2 <= tokens <= len(CONTENT_WORDS) or not 1 <= prompts <= len(PROMPT_WORDS) or length < 1:
+        raise ValueError(f"the testbed takes 2–{len(CONTENT_WORDS)} tokens, 1–{len(PROMPT_WORDS)} prompts "
+                         "and length ≥ 1")
+    if game not in GENERATORS:
+        raise ValueError(f"unknown game '{game}'; choose one of: {', '.join(GENERATORS)}")
+    tokenizer = tiny_tokenizer()
+    space = ResponseSpace(tuple(tokenizer.convert_tokens_to_ids(list(CONTENT_WORDS[:tokens]))), length,
+                          tokenizer.eos_token_id, prompt_length=2)
+    preference = GENERATORS[game](n=space.size, prompts=prompts, seed=seed)
+    return Testbed(tokenizer, space, list(PROMPT_WORDS[:prompts]), preference, nash_lp(preference))
