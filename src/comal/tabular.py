@@ -83,26 +83,29 @@ def run(rule: Rule, game: np.ndarray, init: np.ndarray, iterations: int, *,
     result = RunResult(rule.name, np.empty(0), np.nan, None, steps_to={t: None for t in THRESHOLDS})
     snapshots = []
 
-    def observe(t: int, log_policy: np.ndarray, current_advantage: np.ndarray | None, last: bool) -> float:
-        policy = np.exp(log_policy)
+    def measure(t: int, policy: np.ndarray, current_advantage: np.ndarray | None) -> float:
+        """Gap of π_t (from the step's advantage when there is one); marks the thresholds reached."""
         if current_advantage is None:
             current_advantage = win_rates(game, policy) - 0.5
         gap = float(np.mean(np.maximum(gap_from_advantage(current_advantage), 0.0)))
         for threshold, reached in result.steps_to.items():
             if reached is None and gap <= threshold:
                 result.steps_to[threshold] = t
-        if t in recorded or last:
-            kl = kl_divergence(nash, policy) if nash is not None else None
-            result.history.append({"iteration": t, "duality_gap": gap, "kl_to_nash": kl})
-        if keep_trajectory and not (last and snapshots and len(snapshots) > t):
+        if keep_trajectory:
             snapshots.append(policy)
         return gap
 
-    t, stopped = 0, False
+    def record(t: int, policy: np.ndarray, gap: float) -> None:
+        kl = kl_divergence(nash, policy) if nash is not None else None
+        result.history.append({"iteration": t, "duality_gap": gap, "kl_to_nash": kl})
+
     for t in range(iterations):
         next_state, advantages = rule.update(game, state)
-        gap = observe(t, state.policies[CURRENT], advantages.get(CURRENT), last=False)
+        policy = np.exp(state.policies[CURRENT])
+        gap = measure(t, policy, advantages.get(CURRENT))
         stopped = until is not None and gap <= until
+        if t in recorded or stopped:
+            record(t, policy, gap)
         if stopped:
             break
         if nash is not None and next_state.reference_updates > state.reference_updates:
@@ -111,9 +114,8 @@ def run(rule: Rule, game: np.ndarray, init: np.ndarray, iterations: int, *,
         if on_step is not None:
             on_step(t + 1)
     else:
-        t = iterations
-    if not (stopped and result.history and result.history[-1]["iteration"] == t):
-        observe(t, state.policies[CURRENT], None, last=True)
+        policy = np.exp(state.policies[CURRENT])
+        record(iterations, policy, measure(iterations, policy, None))
     result.duality_gap = result.history[-1]["duality_gap"]
     result.policy = np.exp(state.policies[CURRENT])
     if nash is not None:
