@@ -94,9 +94,7 @@ def run_command(
         raise ValueError("--inner applies to --algorithm comal only")
     given = {key: value for key, value in {"eta": eta, "tau": tau, "inner": inner}.items() if value is not None}
     rule = make_rule(algorithm, game, **given)
-    if iterations < 0:
-        raise ValueError(f"iterations must be ≥ 0, got {iterations}")
-    with _progress(iterations, f"{algorithm}") as progress:
+    with _progress(max(iterations, 0), f"{algorithm}") as progress:
         result = run(rule, game, start, iterations, nash=nash_lp(game),
                      on_step=lambda t: progress.update(progress.task_ids[0], completed=t))
     if as_json:
@@ -171,15 +169,25 @@ def reproduce_command(
     console.print(f"plots and numbers in {out}/: trajectories_3x3.png, convergence.png, results.json, results.csv")
 
 
-def _pipeline(run_dir: Path):
+def _say(message: str) -> None:
+    errors.print(f"[dim]{message}[/]")
+
+
+def _saved_config(run_dir: Path):
     from comal.llm.config import RunConfig
-    from comal.llm.loop import RunError, pipeline_from_config
+    from comal.llm.loop import RunError
 
     saved = run_dir / "config.json"
     if not saved.is_file():
         raise RunError(f"{run_dir} is not a run folder (no config.json); start one with `comal run CONFIG --out {run_dir}`")
-    return pipeline_from_config(RunConfig.model_validate_json(saved.read_text()), run_dir,
-                                progress=lambda message: errors.print(f"[dim]{message}[/]"))
+    return RunConfig.model_validate_json(saved.read_text())
+
+
+def _pipeline(run_dir: Path):
+    """The run's pipeline with its models and judge loaded, for the stage commands."""
+    from comal.llm.loop import pipeline_from_config
+
+    return pipeline_from_config(_saved_config(run_dir), run_dir, progress=_say)
 
 
 @app.command("run")
@@ -192,15 +200,17 @@ def run_pipeline(config: Path = typer.Argument(..., help="YAML run configuration
 
     settings = load_config(config)
     run_dir = out or Path("runs") / config.stem
-    pipeline_from_config(settings, run_dir, progress=lambda message: errors.print(f"[dim]{message}[/]")).run()
+    pipeline_from_config(settings, run_dir, progress=_say).run()
     console.print(f"finished {settings.iterations} iterations in {run_dir}")
 
 
 @app.command("status")
 @user_errors
 def status_command(run_dir: Path = typer.Argument(..., help="run folder")):
-    """Which iterations and stages of a run are done."""
-    rows = _pipeline(run_dir).status()
+    """Which iterations and stages of a run are done (loads no model)."""
+    from comal.llm.loop import Pipeline
+
+    rows = Pipeline(_saved_config(run_dir), run_dir).status()
     table = Table("iteration", *list(rows[0])[1:], title=str(run_dir))
     for row in rows:
         table.add_row(str(row["iteration"]), *("[green]done[/]" if row[k] else "·" for k in list(row)[1:]))

@@ -80,13 +80,14 @@ def rule_steps(config: RunConfig) -> tuple[ProxStep, ...]:
 
 @dataclass
 class Pipeline:
-    """A configured run in ``run_dir``; ``load_model(path)`` and ``judge`` may be swapped in tests."""
+    """A configured run in ``run_dir``. The layout and :meth:`status` need only those two; the
+    stages also need ``load_model(path)``, the tokenizer and the judge (:func:`pipeline_from_config`)."""
 
     config: RunConfig
     run_dir: Path
-    load_model: Callable
-    tokenizer: object
-    judge: object
+    load_model: Callable | None = None
+    tokenizer: object = None
+    judge: object = None
     progress: Callable[[str], None] = lambda message: None
 
     # ----------------------------------------------------------------------------- layout
@@ -104,6 +105,10 @@ class Pipeline:
         if iteration == 0:
             return self.run_dir / START
         return self.stage_dir(iteration - 1, f"fit_{name}") / "train" / "model"
+
+    def iteration_seed(self, iteration: int) -> int:
+        """Seeds depend only on (seed, iteration), so a resumed run draws and trains the same."""
+        return self.config.seed * 1_000 + iteration
 
     @staticmethod
     def done(path: Path) -> bool:
@@ -135,7 +140,7 @@ class Pipeline:
                 count = self.config.prompts_per_iteration
                 start = (iteration * count) % len(prompts)
                 prompts = (prompts + prompts)[start:start + min(count, len(prompts))]
-            settings = self.config.sampling.model_copy(update={"seed": self.config.seed * 1_000 + iteration})
+            settings = self.config.sampling.model_copy(update={"seed": self.iteration_seed(iteration)})
             policy = self.require(self.policy_dir(iteration, CURRENT), f"the policy of iteration {iteration}")
             if settings.backend == "vllm":
                 drawn = sample_with_vllm(policy, self.tokenizer, prompts, settings)
@@ -222,7 +227,7 @@ class Pipeline:
                 from peft import LoraConfig, get_peft_model
 
                 model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **self.config.model.lora))
-            settings = self.config.training.model_copy(update={"seed": self.config.seed * 1_000 + iteration})
+            settings = self.config.training.model_copy(update={"seed": self.iteration_seed(iteration)})
             train(model, train_rows, step, settings, pad_id=self.tokenizer.pad_token_id,
                   log_path=folder / "metrics.jsonl",
                   dpo_beta=self.config.beta if self.config.algorithm == "dpo" else None)
