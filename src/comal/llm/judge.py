@@ -18,6 +18,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from comal.llm.logprobs import conversation_text
+
 
 class Judge(ABC):
     """``P(first ≻ second | prompt)`` for batches of ordered pairs (NaN: no judgement)."""
@@ -122,17 +124,6 @@ def judge_samples(judge: Judge, prompt: str, responses: Sequence[str], cache: Ju
     return Judged(wins, int(failures))
 
 
-def _conversation_text(tokenizer, user: str, assistant: str | None = None) -> str:
-    """The chat template's rendering when the tokenizer has one, else plain text."""
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": user}]
-        if assistant is None:
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": assistant}],
-                                             tokenize=False)
-    return user if assistant is None else f"{user}\n{assistant}"
-
-
 def _last_positions(attention_mask):
     """Index of the last real token of every row, for left or right padding."""
     import torch
@@ -158,7 +149,7 @@ class RewardModelJudge(Judge):
         todo = list(dict.fromkeys(pair for pair in zip(prompts, responses) if pair not in self.scores))
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start:start + self.batch_size]
-            texts = [_conversation_text(self.tokenizer, x, y) for x, y in batch]
+            texts = [conversation_text(self.tokenizer, x, y) for x, y in batch]
             inputs = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=self.max_length is not None,
                                     max_length=self.max_length, add_special_tokens=False).to(self.model.device)
             with torch.no_grad():
@@ -219,7 +210,7 @@ class LLMJudge(Judge):
     def prefer(self, prompts, first, second):
         import torch
 
-        texts = [_conversation_text(self.tokenizer, self.fill(x, a, b)) + self.answer_prefix
+        texts = [conversation_text(self.tokenizer, self.fill(x, a, b)) + self.answer_prefix
                  for x, a, b in zip(prompts, first, second)]
         probabilities = []
         for start in range(0, len(texts), self.batch_size):

@@ -22,17 +22,22 @@ class Encoded:
     response_start: int
 
 
+def conversation_text(tokenizer, user: str, assistant: str | None = None) -> str:
+    """The chat template's rendering when the tokenizer has one, else plain text."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": user}]
+        if assistant is None:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": assistant}],
+                                             tokenize=False)
+    return user if assistant is None else f"{user}\n{assistant}"
+
+
 def encode(tokenizer, prompt: str, response_ids: Sequence[int]) -> Encoded:
     """The prompt as the model sees it (chat template when the tokenizer has one), then the response."""
-    if getattr(tokenizer, "chat_template", None):
-        prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                   add_generation_prompt=True, tokenize=True)
-        if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "keys"):
-            prompt_ids = prompt_ids["input_ids"]
-    else:
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        if tokenizer.bos_token_id is not None:
-            prompt_ids = [tokenizer.bos_token_id] + list(prompt_ids)
+    prompt_ids = list(tokenizer(conversation_text(tokenizer, prompt), add_special_tokens=False)["input_ids"])
+    if not getattr(tokenizer, "chat_template", None) and tokenizer.bos_token_id is not None:
+        prompt_ids = [tokenizer.bos_token_id] + prompt_ids  # a chat template writes its own BOS
     return Encoded(tuple(prompt_ids) + tuple(response_ids), len(prompt_ids))
 
 

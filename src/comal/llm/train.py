@@ -72,12 +72,6 @@ def _collate_rows(rows: Sequence[TrainRow], pad_id: int) -> dict:
     return batch
 
 
-def _to(batch, device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    return {key: _to(value, device) for key, value in batch.items()}
-
-
 def row_losses(model, step: ProxStep, batch: dict, dpo_beta: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row losses and the fitted margins ``h_θ`` (pairwise) or log-probs (pointwise).
 
@@ -134,7 +128,7 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
     for epoch in range(config.epochs):
         for batch in loader:
             with accelerator.accumulate(model):
-                losses, margins = row_losses(model, step, _to(batch, accelerator.device), dpo_beta)
+                losses, margins = row_losses(model, step, batch, dpo_beta)  # the prepared loader places batches
                 loss = losses.mean()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
