@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from comal.llm.config import RunConfig
-from comal.llm.loop import pipeline_from_config
+from comal.llm.loop import RunError, pipeline_from_config
 from comal.testbed.game import make_testbed
 from comal.testbed.space import ConstrainedLlama
 
@@ -16,8 +16,10 @@ def test_testbed_game_and_exact_measures():
     assert testbed.preference.shape == (2, 9, 9) and len(set(testbed.responses())) == 9
     policy = testbed.exact_policy(testbed.initial_policy())
     np.testing.assert_allclose(policy.sum(-1), 1.0, atol=1e-12)
-    measures = testbed.measures(testbed.initial_policy())
+    measures = testbed.measures(policy)
     assert measures["duality_gap"] > 0 and measures["kl_to_nash"] >= 0
+    assert measures["valid_mass"] == pytest.approx(1.0)
+    np.testing.assert_allclose(testbed.nash.sum(-1), 1.0)  # the LP Nash, solved on first use
     judge = testbed.judge()
     texts = testbed.responses()
     assert judge.prefer([testbed.prompts[1]], [texts[2]], [texts[5]])[0] == testbed.preference[1, 2, 5]
@@ -34,9 +36,14 @@ def test_one_pipeline_iteration_on_the_testbed(tmp_path):
         "training": {"epochs": 2, "learning_rate": 1e-3, "batch_size": 8, "mixed_precision": "no"}})
     pipeline = pipeline_from_config(config, tmp_path / "run", judge=testbed.judge(), model=testbed.initial_policy(),
                                     tokenizer=testbed.tokenizer, load_model=ConstrainedLlama.from_pretrained)
-    before = testbed.measures(pipeline.load_model(tmp_path / "run" / "start"))
+    before = testbed.measures(testbed.exact_policy(pipeline.load_model(tmp_path / "run" / "start")))
     pipeline.run()
-    after = testbed.measures(pipeline.load_model(pipeline.policy_dir(1, "current")))
+    after = testbed.measures(testbed.exact_policy(pipeline.load_model(pipeline.policy_dir(1, "current"))))
     assert after["duality_gap"] != pytest.approx(before["duality_gap"])  # the network moved
-    samples = pipeline.stage_dir(0, "sample")
-    assert samples.is_dir()
+    assert pipeline.stage_dir(0, "sample").is_dir()
+    # the same folder under another configuration would reuse stale stages: refused, nothing changed
+    saved = (tmp_path / "run" / "config.json").read_text()
+    with pytest.raises(RunError, match="another configuration"):
+        pipeline_from_config(config.model_copy(update={"eta": 3.0}), tmp_path / "run", judge=testbed.judge(),
+                             model=testbed.initial_policy(), tokenizer=testbed.tokenizer)
+    assert (tmp_path / "run" / "config.json").read_text() == saved

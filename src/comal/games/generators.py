@@ -72,10 +72,10 @@ def interior_nash(n: int, prompts: int = 1, *, seed: int = 0) -> tuple[np.ndarra
     return np.stack(games), np.stack(nashes)
 
 
-GENERATORS = {
+GENERATORS = {  # name → f(n, prompts, seed, **options of the generator)
     "paper-3x3": lambda n=3, prompts=1, seed=0: paper_3x3(),
-    "bradley-terry": lambda n, prompts=1, seed=0: bradley_terry(n, prompts, seed=seed),
-    "intransitive": lambda n, prompts=1, seed=0: random_intransitive(n, prompts, seed=seed),
-    "bt-cyclic": lambda n, prompts=1, seed=0: bradley_terry_cyclic(n, prompts, seed=seed),
+    "bradley-terry": lambda n, prompts=1, seed=0, **options: bradley_terry(n, prompts, seed=seed, **options),
+    "intransitive": lambda n, prompts=1, seed=0, **options: random_intransitive(n, prompts, seed=seed, **options),
+    "bt-cyclic": lambda n, prompts=1, seed=0, **options: bradley_terry_cyclic(n, prompts, seed=seed, **options),
     "interior-nash": lambda n, prompts=1, seed=0: interior_nash(n, prompts, seed=seed)[0],
 }

@@ -100,28 +100,32 @@ def cached_prefer(judge: Judge, asks: Sequence[tuple[str, str, str]], cache: Jud
 
 @dataclass
 class Judged:
-    """Win matrix of the samples of one prompt and how many single judgements failed."""
+    """Win matrix of the responses of one prompt and how many single judgements failed."""
 
-    wins: np.ndarray  # [k, k], wins + winsᵀ = 1 where judged, NaN where both orders failed
+    wins: np.ndarray  # [m, m] over the given responses, wins + winsᵀ = 1, NaN where both orders failed
     failures: int
 
 
 def judge_samples(judge: Judge, prompt: str, responses: Sequence[str], cache: JudgeCache | None = None) -> Judged:
-    """Judge every ordered pair of ``responses`` (both orders, averaged), using ``cache`` if given."""
-    k = len(responses)
-    ordered = [(i, j) for i in range(k) for j in range(k) if i != j]
-    asked = cached_prefer(judge, [(prompt, responses[i], responses[j]) for i, j in ordered],
-                          cache if cache is not None else JudgeCache())
-    single = dict(zip(ordered, asked))
-    failures = sum(np.isnan(p) for p in single.values())
-    wins = np.full((k, k), 0.5)
-    for i in range(k):
-        for j in range(i + 1, k):
-            # P(i ≻ j) from both orders: asked as (i, j) and, reversed, as 1 − P(j ≻ i)
-            estimates = [p for p in (single[i, j], 1.0 - single[j, i]) if not np.isnan(p)]
-            wins[i, j] = np.mean(estimates) if estimates else np.nan
-            wins[j, i] = 1.0 - wins[i, j]
-    return Judged(wins, int(failures))
+    """Judge every ordered pair of ``responses`` (both orders, averaged), using ``cache`` if given.
+
+    Equal texts are judged once and tie at 1/2 with each other.
+    """
+    texts, index = np.unique(np.asarray(responses, dtype=object).astype(str), return_inverse=True)
+    m = len(texts)
+    ordered = [(i, j) for i in range(m) for j in range(m) if i != j]
+    single = np.full((m, m), np.nan)
+    if ordered:
+        rows, columns = np.array(ordered).T
+        single[rows, columns] = cached_prefer(judge, [(prompt, texts[i], texts[j]) for i, j in ordered],
+                                              cache if cache is not None else JudgeCache())
+    failures = int(np.isnan(single).sum()) - m
+    # P(i ≻ j) from both orders: asked as (i, j) and, reversed, as 1 − P(j ≻ i); NaN if both failed
+    both = np.stack([single, 1.0 - single.T])
+    judged = np.isfinite(both).sum(0)
+    distinct = np.where(judged > 0, np.nansum(both, 0) / np.maximum(judged, 1), np.nan)
+    np.fill_diagonal(distinct, 0.5)
+    return Judged(distinct[np.ix_(index, index)], failures)
 
 
 def _last_positions(attention_mask):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,7 +30,7 @@ from comal.llm.config import RunConfig
 from comal.llm.evaluate import checkpoint_responses, mean_length, win_rate
 from comal.llm.judge import JudgeCache, judge_samples
 from comal.llm.logprobs import batched_logps, encode
-from comal.llm.pairs import estimated_advantages, hard_rows, soft_rows
+from comal.llm.pairs import hard_rows, pointwise_rows, soft_rows
 from comal.llm.sample import sample, sample_with_vllm
 from comal.llm.train import TrainRow, train
 from comal.rules import CURRENT, REFERENCE, ProxStep, make_rule
@@ -155,14 +156,22 @@ class Pipeline:
         return self.write_stage(self.stage_dir(iteration, "sample"), write)
 
     def judge_stage(self, iteration: int) -> Path:
+        """Per prompt: the distinct responses, their counts among the samples and their win matrix."""
+
         def write(folder: Path):
             cache = JudgeCache(self.run_dir / "judge_cache.jsonl")
             records, failures, empty = [], 0, 0
             for record in _load_rows(self.require(self.stage_dir(iteration, "sample"), "the samples")):
                 empty += sum(not text.strip() for text in record["texts"])
-                judged = judge_samples(self.judge, record["prompt"], record["texts"], cache)
+                first = {}  # distinct response → its first sample
+                for i, response in enumerate(map(tuple, record["response_ids"])):
+                    first.setdefault(response, i)
+                counts = Counter(map(tuple, record["response_ids"]))
+                texts = [record["texts"][i] for i in first.values()]
+                judged = judge_samples(self.judge, record["prompt"], texts, cache)
                 failures += judged.failures
-                records.append({**record, "wins": judged.wins.tolist()})
+                records.append({"prompt": record["prompt"], "response_ids": [list(r) for r in first],
+                                "texts": texts, "counts": [counts[r] for r in first], "wins": judged.wins.tolist()})
             _save_rows(folder, records)
             _write_json(folder / "counts.json", {"judge_failures": failures, "empty_responses": empty})
 
@@ -175,16 +184,16 @@ class Pipeline:
             rows = []
             for record in _load_rows(self.require(self.stage_dir(iteration, "judge"), "the judged samples")):
                 wins = np.array(record["wins"], dtype=np.float64)
-                if np.isnan(wins).any():
+                if np.isnan(wins).any() or sum(record["counts"]) < 2:
                     continue  # a pair no order of the judge could score: the prompt is left out
+                responses, counts = record["response_ids"], record["counts"]
                 if pointwise:
-                    for i, advantage in enumerate(estimated_advantages(wins)):
-                        rows.append({"prompt": record["prompt"], "first": record["response_ids"][i],
-                                     "second": None, "target": float(advantage)})
-                    continue
-                made = hard_rows(wins) if self.config.rows == "hard" else soft_rows(wins)
-                rows += [{"prompt": record["prompt"], "first": record["response_ids"][row.first],
-                          "second": record["response_ids"][row.second], "target": row.target} for row in made]
+                    made = pointwise_rows(wins, counts)
+                else:
+                    made = (hard_rows if self.config.rows == "hard" else soft_rows)(wins, counts)
+                rows += [{"prompt": record["prompt"], "first": responses[row.first],
+                          "second": None if row.second is None else responses[row.second], "target": row.target,
+                          "weight": row.weight} for row in made]
             _save_rows(folder, rows)
 
         return self.write_stage(self.stage_dir(iteration, "pairs"), write)
@@ -220,7 +229,8 @@ class Pipeline:
             anchors = json.loads((self.logprobs_stage(iteration, step) / "anchors.json").read_text())
             names = [n for n, w in step.anchor.items() if w]
             train_rows = [TrainRow(first, {n: anchors[f"{n}_first"][i] for n in names}, rows[i]["target"],
-                                   second, {n: anchors[f"{n}_second"][i] for n in names} if second else {})
+                                   second, {n: anchors[f"{n}_second"][i] for n in names} if second else {},
+                                   rows[i]["weight"])
                           for i, (first, second) in enumerate(encoded)]
             model = self.load_model(self.policy_dir(iteration, CURRENT))
             if self.config.model.lora is not None:
@@ -362,6 +372,10 @@ def pipeline_from_config(config: RunConfig, run_dir: str | Path, *, judge=None, 
     from comal.llm.judge import PAIRWISE_TEMPLATE, LLMJudge, RewardModelJudge
 
     run_dir = Path(run_dir)
+    saved = run_dir / "config.json"
+    if saved.is_file() and RunConfig.model_validate_json(saved.read_text()) != config:
+        raise RunError(f"{run_dir} holds a run with another configuration; its stages would be reused. "
+                       "Resume it with its own config.json, or choose a new run folder")
     model_path = Path(config.model.path)
     if model is None and not (model_path / "config.json").is_file():
         raise RunError(f"model.path {model_path} is not a saved transformers model (no config.json); "
@@ -398,5 +412,5 @@ def pipeline_from_config(config: RunConfig, run_dir: str | Path, *, judge=None, 
         (model if model is not None else load_model(model_path)).save_pretrained(temporary, safe_serialization=True)
         tokenizer.save_pretrained(temporary)
         temporary.rename(start)
-    (run_dir / "config.json").write_text(config.model_dump_json(indent=1))
+    saved.write_text(config.model_dump_json(indent=1))
     return Pipeline(config, run_dir, load_model, tokenizer, judge, progress)

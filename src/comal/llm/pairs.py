@@ -1,8 +1,14 @@
-"""Training rows from judged samples of one prompt.
+"""Training rows from the judged samples of one prompt.
 
-``wins[i, j]`` is the judged probability that sample i beats sample j (both orders averaged, so
-``wins + winsᵀ = 1``). The estimated advantage of a sample against the sampling policy is its
-average win rate over the *other* samples minus 1/2, ``â(i) = mean_{j≠i} wins[i, j] − 1/2``.
+The k samples of a prompt are kept as m distinct responses with their ``counts`` (Σ counts = k);
+``wins[u, v]`` is the judged probability that response u beats response v (both orders averaged,
+so ``wins + winsᵀ = 1``). The estimated advantage of a sample against the sampling policy is its
+average win rate over the *other* samples minus 1/2,
+
+    â(u) = (Σ_v counts[v] · wins[u, v] − 1/2) / (k − 1) − 1/2,
+
+the same for every copy of u. Rows are built once per distinct response (pair) and weighted by
+the number of samples (sample pairs) they stand for, which gives the loss over all samples.
 """
 
 from __future__ import annotations
@@ -14,35 +20,55 @@ import numpy as np
 
 @dataclass(frozen=True)
 class PairRow:
-    """One regression row: responses ``first``/``second`` (indices into the samples) and target."""
+    """One regression row: responses ``first``/``second`` (indices into the distinct responses)."""
 
     first: int
-    second: int
-    target: float  # â(first) − â(second) for soft rows; 1/2 for a hard (chosen, rejected) row
+    second: int | None  # None: a pointwise row (SPPO)
+    target: float  # â(first) − â(second) for soft rows; 1/2 for a hard (chosen, rejected) row; â(first) pointwise
+    weight: float = 1.0  # how many sample pairs (or samples) with this loss the row stands for
 
 
-def estimated_advantages(wins: np.ndarray) -> np.ndarray:
-    """``â(i) = mean_{j≠i} wins[i, j] − 1/2`` for k ≥ 2 samples of one prompt."""
-    wins = np.asarray(wins, dtype=np.float64)
-    k = wins.shape[0]
-    if wins.shape != (k, k) or k < 2:
-        raise ValueError(f"need a square matrix of at least 2 judged samples, got shape {wins.shape}")
-    return (wins.sum(axis=1) - np.diag(wins)) / (k - 1) - 0.5
+def _counts(wins: np.ndarray, counts) -> np.ndarray:
+    wins = np.asarray(wins)
+    m = wins.shape[0] if wins.ndim == 2 else 0
+    counts = np.ones(m) if counts is None else np.asarray(counts, dtype=np.float64)
+    if wins.shape != (m, m) or counts.shape != (m,) or counts.sum() < 2 or (counts < 1).any():
+        raise ValueError(f"need a square matrix of at least 2 judged samples, got shape {wins.shape} "
+                         f"with counts {counts.tolist()}")
+    return counts
 
 
-def soft_rows(wins: np.ndarray) -> list[PairRow]:
-    """All ordered pairs of distinct samples, target ``â(i) − â(j)``."""
-    advantages = estimated_advantages(wins)
-    k = len(advantages)
-    return [PairRow(i, j, float(advantages[i] - advantages[j])) for i in range(k) for j in range(k) if i != j]
+def estimated_advantages(wins: np.ndarray, counts=None) -> np.ndarray:
+    """``â(u)`` for each distinct response; ``counts`` default to one sample each."""
+    counts = _counts(wins, counts)
+    return (np.asarray(wins, dtype=np.float64) @ counts - 0.5) / (counts.sum() - 1) - 0.5
 
 
-def hard_rows(wins: np.ndarray) -> list[PairRow]:
+def soft_rows(wins: np.ndarray, counts=None) -> list[PairRow]:
+    """One row per unordered pair of distinct responses, target ``â(u) − â(v)``, weight
+    ``counts[u] · counts[v]``: the loss over all ``k(k − 1)`` ordered sample pairs up to a factor 2
+    (the reversed pair has the same squared loss; two copies of one response have margin 0 for
+    every θ, so no gradient and no row)."""
+    advantages, counts = estimated_advantages(wins, counts), _counts(wins, counts)
+    m = len(advantages)
+    return [PairRow(u, v, float(advantages[u] - advantages[v]), float(counts[u] * counts[v]))
+            for u in range(m) for v in range(u + 1, m)]
+
+
+def pointwise_rows(wins: np.ndarray, counts=None) -> list[PairRow]:
+    """SPPO's rows: each distinct response with target ``â(u)``, weighted by its count."""
+    advantages, counts = estimated_advantages(wins, counts), _counts(wins, counts)
+    return [PairRow(u, None, float(advantages[u]), float(counts[u])) for u in range(len(advantages))]
+
+
+def hard_rows(wins: np.ndarray, counts=None) -> list[PairRow]:
     """Chosen = best average win rate, rejected = second best (the official COMAL code); target 1/2.
 
-    Ties are broken by sample order. A prompt whose samples all score the same gives no row.
+    Ties are broken by order. A prompt whose responses all score the same gives no row.
     """
-    advantages = estimated_advantages(wins)
+    advantages = estimated_advantages(wins, counts)
+    if len(advantages) < 2:
+        return []
     order = np.argsort(-advantages, kind="stable")
     best, second = int(order[0]), int(order[1])
     return [] if advantages[best] == advantages[second] else [PairRow(best, second, 0.5)]

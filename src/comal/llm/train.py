@@ -34,6 +34,7 @@ class TrainRow:
     target: float
     second: Encoded | None = None
     anchors_second: Mapping[str, float] = field(default_factory=dict)
+    weight: float = 1.0  # how many identical rows this one stands for
 
 
 class TrainConfig(BaseModel):
@@ -66,7 +67,8 @@ def _collate_rows(rows: Sequence[TrainRow], pad_id: int) -> dict:
     sequences = [row.first for row in rows] + ([row.second for row in rows] if pairwise else [])
     batch = {"sequences": collate(sequences, pad_id),
              "anchors_first": {n: torch.tensor([row.anchors_first[n] for row in rows]) for n in names},
-             "target": torch.tensor([row.target for row in rows])}
+             "target": torch.tensor([row.target for row in rows]),
+             "weight": torch.tensor([row.weight for row in rows])}
     if pairwise:
         batch["anchors_second"] = {n: torch.tensor([row.anchors_second[n] for row in rows]) for n in names}
     return batch
@@ -129,7 +131,7 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
         for batch in loader:
             with accelerator.accumulate(model):
                 losses, margins = row_losses(model, step, batch, dpo_beta)  # the prepared loader places batches
-                loss = losses.mean()
+                loss = (batch["weight"] * losses).sum() / batch["weight"].sum()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)

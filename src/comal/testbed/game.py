@@ -5,6 +5,7 @@ measures of a constrained policy."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -24,7 +25,11 @@ class Testbed:
     space: ResponseSpace
     prompts: list[str]  # each encodes to exactly space.prompt_length tokens (BOS + one word)
     preference: np.ndarray  # [prompts, N, N], P(y_i ≻ y_j | x)
-    nash: np.ndarray  # [prompts, N] by LP
+
+    @cached_property
+    def nash(self) -> np.ndarray:
+        """``[prompts, N]`` by LP, solved when first needed (large spaces take long)."""
+        return nash_lp(self.preference)
 
     def responses(self) -> list[str]:
         """The decoded text of every response index (what the judge and the summary see)."""
@@ -42,10 +47,11 @@ class Testbed:
         """π(·|x) over every response of every prompt, ``[prompts, N]``."""
         return np.stack([exact_distribution(model, self.prompt_ids(prompt)) for prompt in self.prompts])
 
-    def measures(self, model: ConstrainedLlama) -> dict:
-        policy = self.exact_policy(model)
+    def measures(self, policy: np.ndarray) -> dict:
+        """Exact measures of ``policy`` (``[prompts, N]``), averaged over prompts."""
         return {"duality_gap": duality_gap(self.preference, policy), "kl_to_nash": kl_divergence(self.nash, policy),
-                "best_response_win_rate": best_response_win_rate(self.preference, policy)}
+                "best_response_win_rate": best_response_win_rate(self.preference, policy),
+                "valid_mass": float(policy.sum(-1).mean())}
 
     def initial_policy(self, seed: int = 0, **config) -> ConstrainedLlama:
         """A freshly initialised tiny transformer constrained to the space."""
@@ -56,9 +62,10 @@ class Testbed:
         return ConstrainedLlama(settings).eval()
 
 
-def make_testbed(*, tokens: int = 4, length: int = 3, prompts: int = 4, game: str = "intransitive",
-                 seed: int = 0) -> Testbed:
-    """``prompts`` prompts, ``tokens ** length`` responses each, preferences from ``game``."""
+def make_testbed(*, tokens: int = 4, length: int = 2, prompts: int = 2, game: str = "intransitive",
+                 seed: int = 0, **game_options) -> Testbed:
+    """``prompts`` prompts, ``tokens ** length`` responses each, preferences from ``game``
+    (a name of :data:`comal.games.GENERATORS`, given ``game_options``)."""
     if not 2 <= tokens <= len(CONTENT_WORDS) or not 1 <= prompts <= len(PROMPT_WORDS) or length < 1:
         raise ValueError(f"the testbed takes 2–{len(CONTENT_WORDS)} tokens, 1–{len(PROMPT_WORDS)} prompts "
                          "and length ≥ 1")
@@ -67,5 +74,5 @@ def make_testbed(*, tokens: int = 4, length: int = 3, prompts: int = 4, game: st
     tokenizer = tiny_tokenizer()
     space = ResponseSpace(tuple(tokenizer.convert_tokens_to_ids(list(CONTENT_WORDS[:tokens]))), length,
                           tokenizer.eos_token_id, prompt_length=2)
-    preference = GENERATORS[game](n=space.size, prompts=prompts, seed=seed)
-    return Testbed(tokenizer, space, list(PROMPT_WORDS[:prompts]), preference, nash_lp(preference))
+    preference = GENERATORS[game](n=space.size, prompts=prompts, seed=seed, **game_options)
+    return Testbed(tokenizer, space, list(PROMPT_WORDS[:prompts]), preference)
