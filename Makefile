@@ -1,4 +1,4 @@
-# Two commands: `make demo` (set up .venv and run the main job) and `make test`.
+# Two commands: `make demo` (set up .venv and run the main job, `comal demo`) and `make test`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/comal game reproduce --out runs/reproduce
+	$(BIN)/comal demo
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

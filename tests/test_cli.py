@@ -121,3 +121,30 @@ def test_console_script_exit_code(tmp_path):
                                capture_output=True, text=True)
     assert completed.returncode == 2
     assert completed.stderr.startswith("error:") and "outside [0, 1]" in completed.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--algorithms", "comal,dpo"], "unknown dpo"),
+    (["--tokens", "9"], "2–8 tokens"),
+    (["--samples", "1"], "samples"),
+    (["--iterations", "0"], "iterations"),
+])
+def test_demo_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
+    result = invoke("demo", "--out", tmp_path / "demo", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_demo_in_worker_processes_prints_the_table(tmp_path):
+    out = tmp_path / "demo"
+    result = invoke("demo", "--out", out, "--tokens", 2, "--length", 1, "--prompts", 1, "--iterations", 1,
+                    "--samples", 8, "--algorithms", "comal,sppo", "--workers", 2)
+    assert result.exit_code == 0, result.output
+    assert "final gap" in result.stdout and "sppo" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["algorithms"]) == {"comal", "sppo"} and summary["responses"] == ["a", "b"]
+    # a rerun with other settings in the same folder would mix runs: refused, the summary kept
+    again = invoke("demo", "--out", out, "--tokens", 2, "--length", 1, "--prompts", 1, "--iterations", 1,
+                   "--samples", 16, "--algorithms", "comal", "--workers", 1)
+    assert again.exit_code == 2 and "another configuration" in again.stderr
+    assert json.loads((out / "summary.json").read_text()) == summary

@@ -170,7 +170,7 @@ def reproduce_command(
 
 
 def _say(message: str) -> None:
-    errors.print(f"[dim]{message}[/]")
+    errors.print(f"[dim]{message}[/]", soft_wrap=True)
 
 
 def _saved_config(run_dir: Path):
@@ -188,6 +188,63 @@ def _pipeline(run_dir: Path):
     from comal.llm.loop import pipeline_from_config
 
     return pipeline_from_config(_saved_config(run_dir), run_dir, progress=_say)
+
+
+@app.command("demo")
+@user_errors
+def demo_command(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="demo folder (a rerun resumes it)"),
+    seed: int = typer.Option(0, help="seed of the start network, sampling and training"),
+    iterations: int = typer.Option(50, help="iterations of every algorithm"),
+    samples: int = typer.Option(4096, help="responses sampled per prompt and iteration"),
+    algorithms: str = typer.Option("comal,inpo,onpo,iter-ipo,sppo", help="comma-separated; settings in the README"),
+    workers: int = typer.Option(2, help="algorithms run at once, one process and CPU thread each"),
+    tokens: int = typer.Option(4, help="content tokens of the response space"),
+    length: int = typer.Option(2, help="content tokens per response: tokens**length responses"),
+    prompts: int = typer.Option(2, help="prompts, each with its own preference game"),
+):
+    """The sampled pipeline on an enumerable testbed, every algorithm scored by its exact duality gap."""
+    from pydantic import ValidationError
+
+    from comal.llm.config import describe_error
+    from comal.testbed.demo import DEFAULT_ALGORITHMS, DemoSettings, run_demo
+
+    chosen = [name.strip() for name in algorithms.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in DEFAULT_ALGORITHMS]
+    if unknown or not chosen:
+        raise ValueError(f"--algorithms: unknown {', '.join(unknown) or '(none given)'}; "
+                         f"choose from {', '.join(DEFAULT_ALGORITHMS)}")
+    try:
+        settings = DemoSettings(seed=seed, iterations=iterations, samples_per_prompt=samples, tokens=tokens,
+                                length=length, prompts=prompts,
+                                algorithms={name: DEFAULT_ALGORITHMS[name] for name in chosen})
+    except ValidationError as error:
+        raise ValueError(f"--{describe_error(error).strip(chr(39)).replace('samples_per_prompt', 'samples')}") from None
+    settings.testbed()  # a bad testbed is refused before anything starts
+    _say(f"testbed: {prompts} prompts × {tokens ** length} responses; {len(chosen)} algorithms × {iterations} "
+         f"iterations × {samples} samples per prompt, {workers} at a time → {out}/")
+    with _progress(len(chosen) * iterations, "demo") as progress:
+        done: dict[str, int] = {}
+
+        def report(algorithm: str, t: int, gap: float) -> None:
+            done[algorithm] = t
+            progress.update(progress.task_ids[0], completed=sum(done.values()),
+                            description=f"{algorithm} iteration {t}: gap {gap:.3f}")
+            if not sys.stderr.isatty() and (t % 10 == 0 or t == iterations):
+                _say(f"{algorithm}: iteration {t}/{iterations}, exact gap {gap:.4f}")
+
+        summary = run_demo(settings, out, workers=workers, report=report)
+    table = Table("algorithm", "η", "ητ", "K", "start gap", "final gap", "best gap", "KL to Nash",
+                  "best response wins", "minutes",
+                  title=f"Exact measures of the trained network's last iterate (seed {seed})")
+    for name, result in summary["algorithms"].items():
+        gaps = result["history"]["duality_gap"]
+        table.add_row(name, f"{result['eta']:g}", f"{result['tau_eta_ratio']:g}",
+                      str(result["reference_period"]) if name == "comal" else "–", f"{gaps[0]:.3f}",
+                      f"{result['duality_gap']:.3f}", f"{min(gaps):.3f}", f"{result['kl_to_nash']:.3f}",
+                      f"{result['best_response_win_rate']:.3f}", f"{result['seconds'] / 60:.1f}")
+    console.print(table)
+    console.print(f"plots and numbers in {out}/: convergence.png, policies.png, summary.json")
 
 
 @app.command("run")

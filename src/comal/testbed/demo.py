@@ -1,0 +1,228 @@
+"""``comal demo``: every algorithm through the real LLM pipeline on the testbed, scored exactly.
+
+Each algorithm gets the same testbed, start network and sample budget (``samples_per_prompt``
+responses per prompt per iteration, ``iterations`` iterations) and runs the ordinary
+sample → judge → pairs → log-probs → train loop of :mod:`comal.llm.loop` in its own run folder
+(resumable). After every iteration the exact distribution of the network is enumerated and its
+duality gap, KL to the Nash and best-response win rate recorded. Algorithms run in parallel worker
+processes, one CPU thread each.
+
+Outputs under the demo folder: ``<algorithm>/`` (the pipeline's run folder), ``summary.json``
+(per algorithm: settings, final measures, ``history`` per iteration, final ``policy``; once:
+``preference``, ``nash``, ``responses``, ``prompts``), ``convergence.png``, ``policies.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from queue import Empty
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from comal.rules import CURRENT
+
+MEASURES = ("duality_gap", "kl_to_nash", "best_response_win_rate")
+
+
+class AlgorithmSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    eta: float | None = Field(None, gt=0, description="η; None: the rule's default for the game's scale")
+    tau_eta_ratio: float = Field(0.0, ge=0, le=1, description="ητ, weight on the reference (comal, inpo)")
+    reference_period: int = Field(1, ge=1, description="comal: μ ← π_t every this many iterations")
+
+
+# COMAL: the paper's recipe (INPO inner steps, the reference moved every K iterations). INPO: the
+# same η and ητ with the reference fixed, so the pair isolates the reference moves. ONPO,
+# iterative IPO and SPPO: the η their rules choose for the game's payoff scale L (make_rule: 0.5/L
+# for ONPO, 0.1/L for the MWU family), as in `comal game reproduce`; README reports ONPO's η sweep.
+DEFAULT_ALGORITHMS = {
+    "comal": AlgorithmSettings(eta=3.0, tau_eta_ratio=0.5, reference_period=4),
+    "inpo": AlgorithmSettings(eta=3.0, tau_eta_ratio=0.5),
+    "onpo": AlgorithmSettings(),
+    "iter-ipo": AlgorithmSettings(),
+    "sppo": AlgorithmSettings(),
+}
+
+
+class DemoSettings(BaseModel):
+    """The testbed, the shared budget and the algorithms of a demo run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tokens: int = Field(4, ge=2, description="content tokens; responses are all tokens**length sequences")
+    length: int = Field(2, ge=1, description="content tokens per response (then EOS)")
+    prompts: int = Field(2, ge=1)
+    game: str = "intransitive"
+    game_options: dict = Field(default_factory=lambda: {"rank": 2, "scale": 4.0})
+    game_seed: int = 0
+    seed: int = Field(0, description="start network, sampling and training")
+    iterations: int = Field(50, ge=1)
+    samples_per_prompt: int = Field(4096, ge=2)
+    epochs: int = Field(20, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    algorithms: dict[str, AlgorithmSettings] = Field(default_factory=lambda: dict(DEFAULT_ALGORITHMS))
+
+    def testbed(self):
+        from comal.testbed.game import make_testbed
+
+        return make_testbed(tokens=self.tokens, length=self.length, prompts=self.prompts, game=self.game,
+                            seed=self.game_seed, **self.game_options)
+
+    def eta(self, algorithm: str, preference: np.ndarray) -> float:
+        from comal.rules import make_rule
+
+        return self.algorithms[algorithm].eta or make_rule(algorithm, preference).eta
+
+    def run_config(self, algorithm: str, prompts_file: Path, preference: np.ndarray):
+        """The pipeline configuration of one algorithm: the model and judge come from the testbed."""
+        from comal.llm.config import RunConfig
+
+        chosen = self.algorithms[algorithm]
+        return RunConfig.model_validate({
+            "model": {"path": "testbed"}, "judge": {"path": "testbed"}, "prompts": str(prompts_file),
+            "algorithm": algorithm, "iterations": self.iterations, "eta": self.eta(algorithm, preference),
+            "tau_eta_ratio": chosen.tau_eta_ratio, "reference_period": chosen.reference_period, "rows": "soft",
+            "sampling": {"samples_per_prompt": self.samples_per_prompt, "max_new_tokens": self.length + 1,
+                         "temperature": 1.0, "top_p": 1.0},  # sample π itself: â estimates a_π
+            "training": {"epochs": self.epochs, "learning_rate": self.learning_rate, "batch_size": self.batch_size,
+                         "warmup_ratio": 0.0, "mixed_precision": "no"},
+            "seed": self.seed})
+
+
+def run_algorithm(algorithm: str, settings: DemoSettings, out: Path,
+                  report: Callable[[str, int, float], None] | None = None) -> dict:
+    """Run one algorithm for ``settings.iterations`` iterations; its exact measures per iteration."""
+    from comal.llm.loop import pipeline_from_config
+    from comal.testbed.space import ConstrainedLlama
+
+    testbed = settings.testbed()
+    run_dir = out / algorithm
+    pipeline = pipeline_from_config(settings.run_config(algorithm, out / "prompts.jsonl", testbed.preference), run_dir,
+                                    judge=testbed.judge(), model=testbed.initial_policy(settings.seed),
+                                    tokenizer=testbed.tokenizer, load_model=ConstrainedLlama.from_pretrained)
+    started = time.perf_counter()
+    history = {name: [] for name in MEASURES}
+    for t in range(settings.iterations + 1):
+        if t > 0:
+            pipeline.iteration(t - 1)
+        policy = testbed.exact_policy(pipeline.load_model(pipeline.policy_dir(t, CURRENT)))
+        measured = testbed.measures(policy)
+        for name in MEASURES:
+            history[name].append(measured[name])
+        if report is not None:
+            report(algorithm, t, measured["duality_gap"])
+    return {**settings.algorithms[algorithm].model_dump(), "eta": settings.eta(algorithm, testbed.preference),
+            **{name: history[name][-1] for name in MEASURES},
+            "history": history, "policy": policy.tolist(), "seconds": time.perf_counter() - started}
+
+
+def _quiet_libraries() -> None:
+    """The demo shows its own progress: no per-save bars from transformers and datasets."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def _run_in_worker(algorithm: str, settings: DemoSettings, out: Path, queue) -> dict:
+    import torch
+
+    torch.set_num_threads(1)  # one core per worker: tiny models gain nothing from more
+    _quiet_libraries()
+    return run_algorithm(algorithm, settings, out, lambda *update: queue.put(update))
+
+
+def run_demo(settings: DemoSettings, out: Path, *, workers: int = 2,
+             report: Callable[[str, int, float], None] | None = None) -> dict:
+    """Run every algorithm of ``settings`` (``workers`` at a time) and write the summary and plots."""
+    import multiprocessing
+
+    unknown = sorted(set(settings.algorithms) - {"comal", "inpo", "onpo", "sppo", "iter-ipo"})
+    if unknown:
+        raise ValueError(f"the demo runs comal, inpo, onpo, sppo and iter-ipo; not {', '.join(unknown)}")
+    _quiet_libraries()
+    out.mkdir(parents=True, exist_ok=True)
+    testbed = settings.testbed()
+    (out / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in testbed.prompts))
+    started = time.perf_counter()
+    if workers <= 1:
+        results = {name: run_algorithm(name, settings, out, report) for name in settings.algorithms}
+    else:
+        context = multiprocessing.get_context("spawn")  # no fork of a process that has used torch
+        with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
+            queue = manager.Queue()
+            futures = {name: pool.submit(_run_in_worker, name, settings, out, queue) for name in settings.algorithms}
+            while not all(future.done() for future in futures.values()) or not queue.empty():
+                try:
+                    update = queue.get(timeout=0.2)
+                except Empty:
+                    continue
+                if report is not None:
+                    report(*update)
+            results = {name: future.result() for name, future in futures.items()}
+    summary = {"settings": settings.model_dump(), "seconds": time.perf_counter() - started,
+               "algorithms": results, "prompts": testbed.prompts, "responses": testbed.responses(),
+               "preference": testbed.preference.tolist(), "nash": testbed.nash.tolist()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    plot_convergence(summary, out / "convergence.png")
+    plot_policies(summary, out / "policies.png")
+    return summary
+
+
+def plot_convergence(summary: dict, path: Path) -> None:
+    """Exact duality gap, KL to the Nash and best-response win rate of each iterate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    titles = {"duality_gap": "exact duality gap", "kl_to_nash": "KL(π* ‖ π_t)",
+              "best_response_win_rate": "best response's win rate"}
+    figure, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for axis, measure in zip(axes, MEASURES):
+        for name, result in summary["algorithms"].items():
+            axis.plot(result["history"][measure], label=name, lw=2.2 if name == "comal" else 1.3)
+        axis.set_title(titles[measure])
+        axis.set_xlabel("iteration")
+        if measure != "best_response_win_rate":
+            axis.set_yscale("log")
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    figure.suptitle("Sampled pipeline on the enumerable testbed (last iterate, averaged over prompts)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_policies(summary: dict, path: Path) -> None:
+    """The final network distribution of each algorithm against the Nash, one panel per prompt."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nash = np.array(summary["nash"])
+    names = list(summary["algorithms"])
+    figure, axes = plt.subplots(len(nash), 1, figsize=(max(8, 0.5 * nash.shape[1]), 2.6 * len(nash)), squeeze=False)
+    width = 0.8 / (len(names) + 1)
+    x = np.arange(nash.shape[1])
+    for prompt, axis in enumerate(axes[:, 0]):
+        axis.bar(x, nash[prompt], width, color="black", label="Nash (LP)")
+        for k, name in enumerate(names):
+            axis.bar(x + (k + 1) * width, summary["algorithms"][name]["policy"][prompt], width, label=name)
+        axis.set_title(f"prompt '{summary['prompts'][prompt]}'")
+        axis.set_xticks(x + 0.4, summary["responses"], rotation=90, fontsize=7)
+        axis.set_ylabel("π(y | x)")
+    axes[0, 0].legend(ncol=len(names) + 1, fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
