@@ -1,4 +1,5 @@
-"""``comal`` command line: preference games now; the LLM pipeline joins it later.
+"""``comal`` command line: tabular games (``comal game …``), the LLM pipeline (``comal run``, its
+stages, ``status``, ``evaluate``) and the testbed demo (``comal demo``).
 
 Errors in the input print one line (``error: …``) on stderr and exit with code 2.
 """
@@ -241,10 +242,12 @@ def demo_command(
         gaps = result["history"]["duality_gap"]
         table.add_row(name, f"{result['eta']:g}", f"{result['tau_eta_ratio']:g}",
                       str(result["reference_period"]) if name == "comal" else "–", f"{gaps[0]:.3f}",
-                      f"{result['duality_gap']:.3f}", f"{min(gaps):.3f}", f"{result['kl_to_nash']:.3f}",
+                      f"{result['duality_gap']:.3f}", f"{min(gaps):.3f}",
+                      "–" if result["kl_to_nash"] is None else f"{result['kl_to_nash']:.3f}",
                       f"{result['best_response_win_rate']:.3f}", f"{result['seconds'] / 60:.1f}")
     console.print(table)
-    console.print(f"plots and numbers in {out}/: convergence.png, policies.png, summary.json")
+    written = [name for name in ("convergence.png", "policies.png", "summary.json") if (out / name).is_file()]
+    console.print(f"plots and numbers in {out}/: {', '.join(written)}")
 
 
 @app.command("run")

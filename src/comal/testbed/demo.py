@@ -9,7 +9,10 @@ processes, one CPU thread each.
 
 Outputs under the demo folder: ``<algorithm>/`` (the pipeline's run folder), ``summary.json``
 (per algorithm: settings, final measures, ``history`` per iteration, final ``policy``; once:
-``preference``, ``nash``, ``responses``, ``prompts``), ``convergence.png``, ``policies.png``.
+``preference``, ``nash``, ``responses``, ``prompts``), ``convergence.png`` and ``policies.png``.
+Beyond :data:`~comal.testbed.game.LP_LIMIT` responses the Nash is not solved (``nash`` and the KL
+are None), ``preference`` names ``preference.npy`` instead of holding the matrices, and the bar
+plot of the policies (readable up to 64 responses) is left out.
 """
 
 from __future__ import annotations
@@ -171,10 +174,15 @@ def run_demo(settings: DemoSettings, out: Path, *, workers: int = 2,
             results = {name: future.result() for name, future in futures.items()}
     summary = {"settings": settings.model_dump(), "seconds": time.perf_counter() - started,
                "algorithms": results, "prompts": testbed.prompts, "responses": testbed.responses(),
-               "preference": testbed.preference.tolist(), "nash": testbed.nash.tolist()}
+               "preference": "preference.npy", "nash": None}
+    if testbed.solves_nash:
+        summary.update(preference=testbed.preference.tolist(), nash=testbed.nash.tolist())
+    else:  # millions of entries: a .npy beside the summary, named in it
+        np.save(out / "preference.npy", testbed.preference)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     plot_convergence(summary, out / "convergence.png")
-    plot_policies(summary, out / "policies.png")
+    if testbed.space.size <= 64:  # one bar per response: readable up to a few dozen
+        plot_policies(summary, out / "policies.png")
     return summary
 
 
@@ -190,7 +198,7 @@ def plot_convergence(summary: dict, path: Path) -> None:
     figure, axes = plt.subplots(1, 3, figsize=(14, 4))
     for axis, measure in zip(axes, MEASURES):
         for name, result in summary["algorithms"].items():
-            axis.plot(result["history"][measure], label=name, lw=2.2 if name == "comal" else 1.3)
+            axis.plot(np.array(result["history"][measure], dtype=float), label=name, lw=2.2 if name == "comal" else 1.3)
         axis.set_title(titles[measure])
         axis.set_xlabel("iteration")
         if measure != "best_response_win_rate":

@@ -15,6 +15,7 @@ from comal.llm.judge import ScriptedJudge
 from comal.llm.tiny import tiny_config, tiny_tokenizer
 from comal.testbed.space import ConstrainedLlama, ResponseSpace, exact_distribution
 
+LP_LIMIT = 1024  # responses per prompt up to which the Nash is solved (HiGHS takes minutes beyond)
 PROMPT_WORDS = ("hello", "world", "please", "write", "say", "which", "answer", "instruction")
 CONTENT_WORDS = ("a", "b", "c", "d", "e", "f", "g", "h")
 
@@ -47,9 +48,15 @@ class Testbed:
         """π(·|x) over every response of every prompt, ``[prompts, N]``."""
         return np.stack([exact_distribution(model, self.prompt_ids(prompt)) for prompt in self.prompts])
 
+    @property
+    def solves_nash(self) -> bool:
+        return self.space.size <= LP_LIMIT
+
     def measures(self, policy: np.ndarray) -> dict:
-        """Exact measures of ``policy`` (``[prompts, N]``), averaged over prompts."""
-        return {"duality_gap": duality_gap(self.preference, policy), "kl_to_nash": kl_divergence(self.nash, policy),
+        """Exact measures of ``policy`` (``[prompts, N]``), averaged over prompts; the KL to the Nash
+        only where the space is small enough for the LP (else None)."""
+        kl = kl_divergence(self.nash, policy) if self.solves_nash else None
+        return {"duality_gap": duality_gap(self.preference, policy), "kl_to_nash": kl,
                 "best_response_win_rate": best_response_win_rate(self.preference, policy),
                 "valid_mass": float(policy.sum(-1).mean())}
 
