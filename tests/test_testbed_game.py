@@ -47,3 +47,10 @@ def test_one_pipeline_iteration_on_the_testbed(tmp_path):
         pipeline_from_config(config.model_copy(update={"eta": 3.0}), tmp_path / "run", judge=testbed.judge(),
                              model=testbed.initial_policy(), tokenizer=testbed.tokenizer)
     assert (tmp_path / "run" / "config.json").read_text() == saved
+
+
+def test_large_spaces_are_measured_without_the_lp():
+    testbed = make_testbed(tokens=8, length=4, prompts=1, seed=0)  # 4,096 responses
+    assert testbed.space.size == 4096 and not testbed.solves_nash
+    measures = testbed.measures(np.full((1, 4096), 1 / 4096))
+    assert measures["kl_to_nash"] is None and 0 < measures["duality_gap"] < 1
