@@ -197,7 +197,7 @@ def demo_command(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="demo folder (a rerun resumes it)"),
     seed: int = typer.Option(0, help="seed of the start network, sampling and training"),
     iterations: int = typer.Option(50, help="iterations of every algorithm"),
-    samples: int = typer.Option(4096, help="responses sampled per prompt and iteration"),
+    samples: int = typer.Option(16384, help="responses sampled per prompt and iteration"),
     algorithms: str = typer.Option("comal,inpo,onpo,iter-ipo,sppo", help="comma-separated; settings in the README"),
     workers: int = typer.Option(2, help="algorithms run at once, one process and CPU thread each"),
     tokens: int = typer.Option(4, help="content tokens of the response space"),

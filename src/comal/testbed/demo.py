@@ -45,7 +45,7 @@ class AlgorithmSettings(BaseModel):
 # iterative IPO and SPPO: the η their rules choose for the game's payoff scale L (make_rule: 0.5/L
 # for ONPO, 0.1/L for the MWU family), as in `comal game reproduce`; README reports ONPO's η sweep.
 DEFAULT_ALGORITHMS = {
-    "comal": AlgorithmSettings(eta=3.0, tau_eta_ratio=0.5, reference_period=4),
+    "comal": AlgorithmSettings(eta=3.0, tau_eta_ratio=0.5, reference_period=6),
     "inpo": AlgorithmSettings(eta=3.0, tau_eta_ratio=0.5),
     "onpo": AlgorithmSettings(),
     "iter-ipo": AlgorithmSettings(),
@@ -66,7 +66,7 @@ class DemoSettings(BaseModel):
     game_seed: int = 0
     seed: int = Field(0, description="start network, sampling and training")
     iterations: int = Field(50, ge=1)
-    samples_per_prompt: int = Field(4096, ge=2)
+    samples_per_prompt: int = Field(16384, ge=2)
     epochs: int = Field(20, ge=1)
     learning_rate: float = Field(3e-3, gt=0)
     batch_size: int = Field(64, ge=1)
