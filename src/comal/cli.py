@@ -240,7 +240,7 @@ def demo_command(
                   title=f"Exact measures of the trained network's last iterate (seed {seed})")
     for name, result in summary["algorithms"].items():
         gaps = result["history"]["duality_gap"]
-        table.add_row(name, f"{result['eta']:g}", f"{result['tau_eta_ratio']:g}",
+        table.add_row(name, f"{result['eta']:.3g}", f"{result['tau_eta_ratio']:g}",
                       str(result["reference_period"]) if name == "comal" else "–", f"{gaps[0]:.3f}",
                       f"{result['duality_gap']:.3f}", f"{min(gaps):.3f}",
                       "–" if result["kl_to_nash"] is None else f"{result['kl_to_nash']:.3f}",
