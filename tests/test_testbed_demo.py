@@ -32,11 +32,11 @@ def test_comal_gap_falls_fourfold_and_ends_below_iterative_ipo(small_demo):
 
 
 def test_summary_lets_anyone_recompute_every_gap(small_demo):
-    out, summary, seen = small_demo
+    out, _, seen = small_demo
     saved = json.loads((out / "summary.json").read_text())
     preference = np.array(saved["preference"])
     assert len(saved["responses"]) == preference.shape[-1] == 8 and saved["responses"][0] == "a a a"
-    for name, result in saved["algorithms"].items():
+    for result in saved["algorithms"].values():
         policy = np.array(result["policy"])
         np.testing.assert_allclose(policy.sum(-1), 1.0, atol=1e-9)
         assert result["duality_gap"] == pytest.approx(duality_gap(preference, policy), abs=1e-12)

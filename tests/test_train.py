@@ -79,3 +79,18 @@ def test_a_tracker_that_is_not_installed_is_a_clear_error(monkeypatch):
     with pytest.raises(ValueError, match=r"report_to names \['wandb'\], which is not installed"):
         train(model, _rows(tokenizer, model, step), step, TrainConfig(report_to=["wandb"]),
               pad_id=tokenizer.pad_token_id)
+
+
+def test_a_weighted_row_trains_like_its_copies():
+    from dataclasses import replace
+
+    tokenizer = tiny_tokenizer()
+    step = make_rule("comal", paper_3x3(), inner="inpo", eta=2.0, tau=0.1).prox_steps()[0]
+    losses = []
+    for weighted in (True, False):
+        model = tiny_causal_lm(tokenizer)
+        first, *others = _rows(tokenizer, model, step)
+        rows = [replace(first, weight=3.0), *others] if weighted else [first, first, first, *others]
+        config = TrainConfig(epochs=4, learning_rate=1e-2, batch_size=len(rows), warmup_ratio=0.0)
+        losses.append([m["loss"] for m in train(model, rows, step, config, pad_id=tokenizer.pad_token_id)])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)  # one batch an epoch: the same steps
