@@ -43,7 +43,7 @@ class AlgorithmSettings(BaseModel):
 # COMAL: the paper's recipe (INPO inner steps, the reference moved every K iterations). INPO: the
 # same η and ητ with the reference fixed, so the pair isolates the reference moves. ONPO,
 # iterative IPO and SPPO: the η their rules choose for the game's payoff scale L (make_rule: 0.5/L
-# for ONPO, 0.1/L for the MWU family), as in `comal game reproduce`; README reports ONPO's η sweep.
+# for ONPO, 0.1/L for the MWU family), as in `comal game reproduce`; the README adds ONPO at η = 2.
 DEFAULT_ALGORITHMS = {
     "comal": AlgorithmSettings(eta=3.0, tau_eta_ratio=0.5, reference_period=6),
     "inpo": AlgorithmSettings(eta=3.0, tau_eta_ratio=0.5),
@@ -106,10 +106,10 @@ def run_algorithm(algorithm: str, settings: DemoSettings, out: Path,
     from comal.testbed.space import ConstrainedLlama
 
     testbed = settings.testbed()
-    run_dir = out / algorithm
-    pipeline = pipeline_from_config(settings.run_config(algorithm, out / "prompts.jsonl", testbed.preference), run_dir,
-                                    judge=testbed.judge(), model=testbed.initial_policy(settings.seed),
-                                    tokenizer=testbed.tokenizer, load_model=ConstrainedLlama.from_pretrained)
+    config = settings.run_config(algorithm, out / "prompts.jsonl", testbed.preference)
+    pipeline = pipeline_from_config(config, out / algorithm, judge=testbed.judge(),
+                                    model=testbed.initial_policy(settings.seed), tokenizer=testbed.tokenizer,
+                                    load_model=ConstrainedLlama.from_pretrained)
     started = time.perf_counter()
     history = {name: [] for name in MEASURES}
     for t in range(settings.iterations + 1):
