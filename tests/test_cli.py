@@ -126,8 +126,8 @@ def test_console_script_exit_code(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--algorithms", "comal,dpo"], "unknown dpo"),
     (["--tokens", "9"], "2–8 tokens"),
-    (["--samples", "1"], "samples"),
-    (["--iterations", "0"], "iterations"),
+    (["--samples", "1"], "--samples: Input should be greater than or equal to 2"),
+    (["--iterations", "0"], "--iterations: Input should be greater than or equal to 1"),
 ])
 def test_demo_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
     result = invoke("demo", "--out", tmp_path / "demo", *args)

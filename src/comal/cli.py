@@ -207,7 +207,6 @@ def demo_command(
     """The sampled pipeline on an enumerable testbed, every algorithm scored by its exact duality gap."""
     from pydantic import ValidationError
 
-    from comal.llm.config import describe_error
     from comal.testbed.demo import DEFAULT_ALGORITHMS, DemoSettings, run_demo
 
     chosen = [name.strip() for name in algorithms.split(",") if name.strip()]
@@ -220,7 +219,9 @@ def demo_command(
                                 length=length, prompts=prompts,
                                 algorithms={name: DEFAULT_ALGORITHMS[name] for name in chosen})
     except ValidationError as error:
-        raise ValueError(f"--{describe_error(error).strip(chr(39)).replace('samples_per_prompt', 'samples')}") from None
+        first = error.errors()[0]
+        option = {"samples_per_prompt": "samples"}.get(first["loc"][0], first["loc"][0])
+        raise ValueError(f"--{option}: {first['msg']}") from None
     settings.testbed()  # a bad testbed is refused before anything starts
     _say(f"testbed: {prompts} prompts × {tokens ** length} responses; {len(chosen)} algorithms × {iterations} "
          f"iterations × {samples} samples per prompt, {workers} at a time → {out}/")

@@ -75,7 +75,7 @@ class RunConfig(Strict):
         return self
 
 
-def describe_error(error: ValidationError) -> str:
+def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "config"
     if first["type"] == "extra_forbidden":
@@ -101,4 +101,4 @@ def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
     try:
         return RunConfig.model_validate({**raw, **(overrides or {})})
     except ValidationError as error:
-        raise ConfigError(f"{path}: {describe_error(error)}") from None
+        raise ConfigError(f"{path}: {_describe(error)}") from None
