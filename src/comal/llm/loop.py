@@ -163,15 +163,14 @@ class Pipeline:
             records, failures, empty = [], 0, 0
             for record in _load_rows(self.require(self.stage_dir(iteration, "sample"), "the samples")):
                 empty += sum(not text.strip() for text in record["texts"])
-                first = {}  # distinct response → its first sample
-                for i, response in enumerate(map(tuple, record["response_ids"])):
-                    first.setdefault(response, i)
-                counts = Counter(map(tuple, record["response_ids"]))
-                texts = [record["texts"][i] for i in first.values()]
+                responses = [tuple(response) for response in record["response_ids"]]
+                counts = Counter(responses)  # the distinct responses, in the order they were first drawn
+                text_of = dict(zip(responses, record["texts"]))
+                texts = [text_of[response] for response in counts]
                 judged = judge_samples(self.judge, record["prompt"], texts, cache)
                 failures += judged.failures
-                records.append({"prompt": record["prompt"], "response_ids": [list(r) for r in first],
-                                "texts": texts, "counts": [counts[r] for r in first], "wins": judged.wins.tolist()})
+                records.append({"prompt": record["prompt"], "response_ids": [list(r) for r in counts],
+                                "texts": texts, "counts": list(counts.values()), "wins": judged.wins.tolist()})
             _save_rows(folder, records)
             _write_json(folder / "counts.json", {"judge_failures": failures, "empty_responses": empty})
 
@@ -184,7 +183,7 @@ class Pipeline:
             rows = []
             for record in _load_rows(self.require(self.stage_dir(iteration, "judge"), "the judged samples")):
                 wins = np.array(record["wins"], dtype=np.float64)
-                if np.isnan(wins).any() or sum(record["counts"]) < 2:
+                if np.isnan(wins).any():
                     continue  # a pair no order of the judge could score: the prompt is left out
                 responses, counts = record["response_ids"], record["counts"]
                 if pointwise:

@@ -149,9 +149,9 @@ def run_demo(settings: DemoSettings, out: Path, *, workers: int = 2,
     """Run every algorithm of ``settings`` (``workers`` at a time) and write the summary and plots."""
     import multiprocessing
 
-    unknown = sorted(set(settings.algorithms) - {"comal", "inpo", "onpo", "sppo", "iter-ipo"})
+    unknown = sorted(set(settings.algorithms) - set(DEFAULT_ALGORITHMS))
     if unknown:
-        raise ValueError(f"the demo runs comal, inpo, onpo, sppo and iter-ipo; not {', '.join(unknown)}")
+        raise ValueError(f"the demo runs {', '.join(DEFAULT_ALGORITHMS)}; not {', '.join(unknown)}")
     _quiet_libraries()
     out.mkdir(parents=True, exist_ok=True)
     testbed = settings.testbed()
