@@ -47,16 +47,19 @@ def test_no_rows_is_a_clear_error():
         train(tiny_causal_lm(tokenizer), [], step, TrainConfig(), pad_id=0)
 
 
-def test_activation_checkpointing_changes_memory_not_results():
+def _fresh_losses(config, rows_of=lambda rows: rows):
+    """Losses of training a fresh tiny model on the COMAL/INPO step over ``rows_of(the rows)``."""
     tokenizer = tiny_tokenizer()
     step = make_rule("comal", paper_3x3(), inner="inpo", eta=2.0, tau=0.1).prox_steps()[0]
-    results = []
-    for checkpointing in (False, True):
-        model = tiny_causal_lm(tokenizer)
-        rows = _rows(tokenizer, model, step)
-        config = TrainConfig(epochs=3, learning_rate=1e-2, batch_size=2, warmup_ratio=0.0,
-                             gradient_checkpointing=checkpointing)
-        results.append([m["loss"] for m in train(model, rows, step, config, pad_id=tokenizer.pad_token_id)])
+    model = tiny_causal_lm(tokenizer)
+    rows = rows_of(_rows(tokenizer, model, step))
+    return [m["loss"] for m in train(model, rows, step, config, pad_id=tokenizer.pad_token_id)]
+
+
+def test_activation_checkpointing_changes_memory_not_results():
+    results = [_fresh_losses(TrainConfig(epochs=3, learning_rate=1e-2, batch_size=2, warmup_ratio=0.0,
+                                         gradient_checkpointing=checkpointing))
+               for checkpointing in (False, True)]
     assert results[0] == pytest.approx(results[1], rel=1e-4)
 
 
@@ -84,13 +87,7 @@ def test_a_tracker_that_is_not_installed_is_a_clear_error(monkeypatch):
 def test_a_weighted_row_trains_like_its_copies():
     from dataclasses import replace
 
-    tokenizer = tiny_tokenizer()
-    step = make_rule("comal", paper_3x3(), inner="inpo", eta=2.0, tau=0.1).prox_steps()[0]
-    losses = []
-    for weighted in (True, False):
-        model = tiny_causal_lm(tokenizer)
-        first, *others = _rows(tokenizer, model, step)
-        rows = [replace(first, weight=3.0), *others] if weighted else [first, first, first, *others]
-        config = TrainConfig(epochs=4, learning_rate=1e-2, batch_size=len(rows), warmup_ratio=0.0)
-        losses.append([m["loss"] for m in train(model, rows, step, config, pad_id=tokenizer.pad_token_id)])
-    assert losses[0] == pytest.approx(losses[1], rel=1e-5)  # one batch an epoch: the same steps
+    config = TrainConfig(epochs=4, learning_rate=1e-2, batch_size=64, warmup_ratio=0.0)  # one batch an epoch
+    weighted = _fresh_losses(config, lambda rows: [replace(rows[0], weight=3.0), *rows[1:]])
+    copied = _fresh_losses(config, lambda rows: [rows[0], rows[0], *rows])
+    assert weighted == pytest.approx(copied, rel=1e-5)  # the same steps
