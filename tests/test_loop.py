@@ -1,15 +1,16 @@
-"""The whole loop on tiny models: stages chain, COMAL's reference moves, a killed run resumes exactly."""
+"""The whole loop on tiny models: any rule's steps chain, COMAL's reference moves, a killed run resumes exactly."""
 
 import hashlib
 import json
 
 import pytest
 
-from comal.llm import loop
-from comal.llm.config import load_config
+from comal.llm import stages
+from comal.llm.config import ConfigError, load_config
 from comal.llm.judge import CallableJudge
-from comal.llm.loop import RunError, load_prompts, pipeline_from_config
+from comal.llm.loop import RunError, load_prompts, open_run
 from comal.llm.tiny import tiny_causal_lm, tiny_tokenizer
+from comal.rules import RULES
 
 PROMPTS = ["say hello", "please write a b", "which is better", "say the answer"]
 
@@ -29,10 +30,13 @@ def setup(tmp_path):
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
 
     def config(**extra):
+        """COMAL with its default inner rule (mirror-prox: two rounds of samples an iteration) unless
+        ``extra`` says otherwise; rule parameters only where the algorithm has them."""
         path = tmp_path / "run.yaml"
+        algorithm = extra.get("algorithm", "comal")
+        rule = {"eta": 2.0, "tau_eta_ratio": 0.25, "reference_period": 1} if algorithm == "comal" else {"eta": 2.0}
         settings = {"model": {"path": str(model_dir)}, "judge": {"kind": "llm", "path": str(model_dir)},
-                    "prompts": str(prompts), "iterations": 2, "eta": 2.0, "tau_eta_ratio": 0.25,
-                    "reference_period": 1, "rows": "soft",
+                    "prompts": str(prompts), "iterations": 2, "rows": "soft", **rule,
                     "sampling": {"samples_per_prompt": 3, "max_new_tokens": 5, "batch_size": 2},
                     "training": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 4, "mixed_precision": "no"},
                     **extra}
@@ -46,57 +50,92 @@ def checkpoint_hash(folder):
     return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("algorithm, rows", [("comal", "soft"), ("onpo", "hard"), ("sppo", "soft"), ("dpo", "hard")])
-def test_stages_chain_and_write_checkpoints(setup, algorithm, rows):
+@pytest.mark.parametrize("algorithm", list(RULES))
+def test_every_rule_runs_its_steps_and_writes_checkpoints(setup, algorithm):
     config, tmp = setup
-    pipeline = pipeline_from_config(config(algorithm=algorithm, rows=rows), tmp / algorithm, judge=length_judge())
-    pipeline.run()
-    for iteration in range(2):
-        for stage in ("sample", "judge", "pairs"):
-            assert (tmp / algorithm / f"iter_{iteration:03d}" / stage).is_dir()
-    final = pipeline.policy_dir(2, "current")
-    assert (final / "model.safetensors").is_file() and (final / "config.json").is_file()
+    settings = config(algorithm=algorithm, iterations=1, rows="soft")
+    run = open_run(settings, tmp / algorithm, judge=length_judge())
+    run.run()
+    rule = run.rule
+    for name in rule.sampled_policies():  # one round of samples per policy the steps sample
+        assert (tmp / algorithm / "iter_000" / f"round_{name}" / "judge").is_dir()
+    for step in rule.prox_steps():  # one fit per step, in order
+        assert (tmp / algorithm / "iter_000" / f"fit_{step.output}" / "train" / "model" / "model.safetensors").is_file()
+    final = run.policy(1)
+    assert final == tmp / algorithm / "iter_000" / "fit_current" / "train" / "model"
     from transformers import AutoModelForCausalLM
     AutoModelForCausalLM.from_pretrained(final)  # loadable by from_pretrained
-    if algorithm == "onpo":
-        assert pipeline.policy_dir(2, "centre").is_dir()
+    assert set(run.state(1).policies) == set(rule.keeps) | {s.output for s in rule.prox_steps()}
+
+
+def test_rounds_sample_the_policy_the_rule_names(setup):
+    """Mirror-prox samples π_t, then the half step's own checkpoint; ONPO samples π_t once for two fits."""
+    config, tmp = setup
+    run = open_run(config(iterations=1), tmp / "comal", judge=length_judge())
+    run.run()
+    assert run.rule.sampled_policies() == ("current", "half")
+    half = tmp / "comal" / "iter_000" / "fit_half" / "train" / "model"
+    assert run.policies(0, 1)["half"] == half and run.policies(0, 0)["current"] == tmp / "comal" / "start"
+    onpo = open_run(config(algorithm="onpo", iterations=1), tmp / "onpo", judge=length_judge())
+    onpo.run()
+    assert sorted(p.name for p in (tmp / "onpo" / "iter_000").glob("round_*")) == ["round_current"]
+    assert onpo.policy(1, "centre") == tmp / "onpo" / "iter_000" / "fit_centre" / "train" / "model"
 
 
 def test_comal_reference_moves_every_k_iterations(setup):
     config, tmp = setup
-    pipeline = pipeline_from_config(config(reference_period=2, iterations=1), tmp / "run", judge=length_judge())
-    assert pipeline.policy_dir(1, "reference") == tmp / "run" / "start"
-    assert pipeline.policy_dir(2, "reference") == pipeline.policy_dir(2, "current")
-    assert pipeline.policy_dir(3, "reference") == pipeline.policy_dir(2, "current")
+    run = open_run(config(reference_period=2, tolerance=0.0, iterations=4, inner="inpo"), tmp / "run",
+                   judge=length_judge())
+    run.run()
+    assert [run.reference_moved(t) for t in range(4)] == [False, False, True, False]
+    assert run.policy(1, "reference") == run.policy(2, "reference") == tmp / "run" / "start"
+    assert run.policy(3, "reference") == run.policy(2, "current")  # μ ← π_2 before iteration 2's step
+    assert run.policy(4, "reference") == run.policy(2, "current")
+    assert run.status()[2]["reference"] == "moved" and run.status()[1]["reference"] == "kept"
 
 
-@pytest.mark.parametrize("stage", ["sample", "judge_samples", "soft_rows", "batched_logps", "train"])
+def test_comal_residual_test_reads_estimates_from_the_samples(setup):
+    """With tolerance > 0 the rule's own reference_due decides on log-probs and advantages estimated
+    from the current round; with tolerance 0 and no period it never moves μ."""
+    config, tmp = setup
+    never = open_run(config(reference_period=None, tolerance=0.0, iterations=2), tmp / "never", judge=length_judge())
+    never.run()
+    assert not any(never.reference_moved(t) for t in range(2))
+    always = open_run(config(reference_period=None, tolerance=0.99, iterations=2), tmp / "always",
+                      judge=length_judge())
+    always.run()
+    decision = json.loads((tmp / "always" / "iter_001" / "reference" / "decision.json").read_text())
+    assert decision["since_reference"] == 1 and isinstance(decision["moved"], bool)
+
+
+@pytest.mark.parametrize("stage", ["sample", "judge_samples", "soft_rows", "distinct_logps", "train"])
 def test_a_killed_run_resumes_to_the_same_checkpoints(setup, stage, monkeypatch):
     config, tmp = setup
-    straight = pipeline_from_config(config(), tmp / "straight", judge=length_judge())
+    straight = open_run(config(), tmp / "straight", judge=length_judge())
     straight.run()
 
-    original = getattr(loop, stage)
+    original = getattr(stages, stage)
     calls = {"n": 0}
 
-    def dies_on_second_call(*args, **kwargs):
+    def dies_on_third_call(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == 3:
             raise KeyboardInterrupt("killed")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(loop, stage, dies_on_second_call)
-    killed = pipeline_from_config(config(), tmp / "killed", judge=length_judge())
+    monkeypatch.setattr(stages, stage, dies_on_third_call)
+    killed = open_run(config(), tmp / "killed", judge=length_judge())
     with pytest.raises(KeyboardInterrupt):
         killed.run()
-    monkeypatch.setattr(loop, stage, original)
-    pipeline_from_config(config(), tmp / "killed", judge=length_judge()).run()
+    monkeypatch.setattr(stages, stage, original)
+    open_run(config(), tmp / "killed", judge=length_judge()).run()
     for iteration in (1, 2):
-        assert checkpoint_hash(killed.policy_dir(iteration, "current")) == \
-            checkpoint_hash(straight.policy_dir(iteration, "current"))
+        assert checkpoint_hash(killed.policy(iteration)) == checkpoint_hash(straight.policy(iteration))
     metrics = [(tmp / name / "iter_001" / "fit_current" / "train" / "metrics.jsonl").read_text()
                for name in ("straight", "killed")]
     assert metrics[0] == metrics[1]
+    decisions = [(tmp / name / "iter_001" / "reference" / "decision.json").read_text() for name in ("straight", "killed")]
+    assert decisions[0] == decisions[1]
 
 
 def test_bad_inputs_are_clear(setup, tmp_path):
@@ -106,7 +145,28 @@ def test_bad_inputs_are_clear(setup, tmp_path):
     with pytest.raises(RunError, match=r"line 1: no 'prompt' text field"):
         load_prompts(bad)
     with pytest.raises(RunError, match="not a saved transformers model"):
-        pipeline_from_config(config(model={"path": str(tmp_path / "nowhere")}), tmp / "run")
+        open_run(config(model={"path": str(tmp_path / "nowhere")}), tmp / "run")
+    assert not (tmp / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"algorithm": "dpo"}, "unknown algorithm 'dpo'; DPO's minimiser is a Bradley-Terry fit"),
+    ({"algorithm": "nope"}, "unknown algorithm 'nope'; choose one of: comal"),
+    ({"algorithm": "sppo", "rows": "hard"}, "sppo's loss is pointwise"),
+    ({"algorithm": "onpo", "tau_eta_ratio": 0.5}, "'tau_eta_ratio' does not apply to onpo"),
+    ({"algorithm": "inpo", "reference_period": 3}, "'reference_period' does not apply to inpo"),
+    ({"algorithm": "mpo", "inner": "inpo"}, "'inner' does not apply to mpo"),
+    ({"inner": "onpo"}, "unknown inner rule 'onpo'"),
+    ({"algorithm": "inpo", "eta": 4.0, "tau_eta_ratio": 1.0}, None),
+    ({"algorithm": "inpo", "tau_eta_ratio": 0.5, "eta": None}, "'tau_eta_ratio' needs 'eta'"),
+])
+def test_invalid_combinations_are_refused_by_the_config(setup, extra, message):
+    config, tmp = setup
+    if message is None:
+        assert config(**extra).rule().eta * config(**extra).rule().tau == pytest.approx(1.0)
+        return
+    with pytest.raises(ConfigError, match=message):
+        config(**extra)
 
 
 def test_cli_runs_stages_and_reports_status(setup):
@@ -117,32 +177,37 @@ def test_cli_runs_stages_and_reports_status(setup):
     config, tmp = setup
     settings = config(iterations=1)
     run_dir = tmp / "cli"
-    pipeline_from_config(settings, run_dir)  # writes config.json and the start policy
+    open_run(settings, run_dir)  # writes config.json and the start policy
     runner = CliRunner()
-    for stage in ("sample", "judge", "pairs", "logprobs", "train"):
-        result = runner.invoke(app, [stage, str(run_dir), "--iteration", "0"])
-        assert result.exit_code == 0, result.output
+    for command in (["sample"], ["judge"], ["pairs"], ["logprobs"], ["train"], ["sample", "--policy", "half"],
+                    ["judge", "--policy", "half"], ["pairs", "--step", "current"], ["logprobs", "--step", "current"],
+                    ["train", "--step", "current"]):
+        result = runner.invoke(app, [command[0], str(run_dir), "--iteration", "0", *command[1:]])
+        assert result.exit_code == 0, (command, result.output)
     status = runner.invoke(app, ["status", str(run_dir)])
-    assert status.exit_code == 0 and status.stdout.count("done") == 5
+    assert status.exit_code == 0 and status.stdout.count("done") == 10, status.stdout  # 2 rounds × 2, 2 fits × 3
+    assert "kept" in status.stdout  # the reference decision of iteration 0
     assert runner.invoke(app, ["sample", str(tmp / "nowhere"), "-i", "0"]).exit_code == 2
     assert runner.invoke(app, ["sample", str(run_dir), "-i", "7"]).exit_code == 2
+    wrong = runner.invoke(app, ["train", str(run_dir), "-i", "0", "--step", "centre"])
+    assert wrong.exit_code == 2 and "--step must be one of half, current" in wrong.stderr
+    open_run(settings, tmp / "fresh")
     early = runner.invoke(app, ["judge", str(tmp / "fresh"), "-i", "0"])
-    assert early.exit_code == 2
-    pipeline_from_config(settings, tmp / "fresh")
-    early = runner.invoke(app, ["judge", str(tmp / "fresh"), "-i", "0"])
-    assert early.exit_code == 2 and "missing the samples" in early.stderr
+    assert early.exit_code == 2 and "missing the samples of 'current'" in early.stderr
+    early = runner.invoke(app, ["sample", str(tmp / "fresh"), "-i", "0", "--policy", "half"])
+    assert early.exit_code == 2 and "missing" in early.stderr
 
 
 def test_evaluation_win_rates_and_matrix(setup):
     config, tmp = setup
     settings = config(iterations=2, evaluate={"prompts": str(tmp / "prompts.jsonl"), "max_prompts": 3})
-    pipeline = pipeline_from_config(settings, tmp / "eval_run", judge=length_judge())
-    pipeline.run()
+    run = open_run(settings, tmp / "eval_run", judge=length_judge())
+    run.run()
     metrics = json.loads((tmp / "eval_run" / "iter_001" / "evaluate" / "metrics.json").read_text())
     assert 0 <= metrics["win_rate_vs_start"] <= 1 and metrics["prompts"] == 3
     first = json.loads((tmp / "eval_run" / "iter_000" / "evaluate" / "metrics.json").read_text())
     assert first["win_rate_vs_start"] == pytest.approx(first["win_rate_vs_previous"])  # π_0 is the previous
-    matrix = json.loads(pipeline.win_matrix().read_text())
+    matrix = json.loads(run.win_matrix().read_text())
     rates = matrix["win_rate"]
     assert matrix["checkpoints"] == ["start", "iter 1", "iter 2"]
     assert rates[1][0] == pytest.approx(first["win_rate_vs_start"])
@@ -168,12 +233,13 @@ def test_paper_preset_runs_with_a_tiny_model_swapped_in(setup):
                                     "sampling": {"samples_per_prompt": 5, "max_new_tokens": 4}})
     assert settings.eta == 500 and settings.rows == "hard" and settings.reference_period == 12
     tokenizer = tiny_tokenizer()
-    pipeline = pipeline_from_config(settings, tmp / "paper", judge=length_judge(),
-                                    model=tiny_causal_lm(tokenizer), tokenizer=tokenizer)
-    pipeline.run()
+    run = open_run(settings, tmp / "paper", judge=length_judge(), model=tiny_causal_lm(tokenizer), tokenizer=tokenizer)
+    assert (run.rule.name, run.rule.inner, run.rule.period, run.rule.tolerance) == ("comal", "inpo", 12, 0.0)
+    assert run.rule.eta * run.rule.tau == pytest.approx(1 / 3)
+    run.run()
     metrics = (tmp / "paper" / "iter_000" / "fit_current" / "train" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) >= 3  # 3 epochs
-    assert pipeline.status()[0]["fit_current/train"]
+    assert run.status()[0]["fit current train"]
 
 
 def test_empty_prompts_are_refused(tmp_path):
@@ -189,9 +255,9 @@ def test_lora_training_saves_a_full_checkpoint(setup):
     config, tmp = setup
     settings = config(iterations=1, model={"path": str(tmp / "policy"),
                                            "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}})
-    pipeline = pipeline_from_config(settings, tmp / "lora", judge=length_judge())
-    pipeline.run()
-    trained = AutoModelForCausalLM.from_pretrained(pipeline.policy_dir(1, "current"))
+    run = open_run(settings, tmp / "lora", judge=length_judge())
+    run.run()
+    trained = AutoModelForCausalLM.from_pretrained(run.policy(1))
     start = AutoModelForCausalLM.from_pretrained(tmp / "lora" / "start")
     changed = {name for name, p in trained.named_parameters()
                if not (p == dict(start.named_parameters())[name]).all()}

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from comal.games import advantage, random_intransitive
-from comal.llm.losses import anchor_logps, dpo_loss, ipo_loss, pairwise_loss, pointwise_loss
-from comal.rules import CURRENT, REFERENCE, ProxStep, make_rule
+from comal.llm.losses import anchor_logps, pairwise_loss, pointwise_loss, step_loss
+from comal.rules import CURRENT, REFERENCE, RULES, ProxStep, make_rule
 from comal.rules.base import AdvantageCache, apply_prox_steps
 
 
@@ -28,11 +28,20 @@ def test_pointwise_loss_by_hand():
     assert loss.item() == pytest.approx((0.5 - 0.3) ** 2)
 
 
-def test_ipo_and_dpo_by_hand():
-    args = torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-1.5]), torch.tensor([-1.0])
-    # margin = (−1 + 1.5) − (−2 + 1) = 1.5
-    assert ipo_loss(*args, tau=0.5).item() == pytest.approx((1.5 - 1.0) ** 2)
-    assert dpo_loss(*args, beta=0.1).item() == pytest.approx(np.log1p(np.exp(-0.15)))
+def test_ipo_rule_is_ipos_loss_by_hand():
+    """The ipo rule's sampled form on a hard row is IPO's loss (Azar et al., Eq. 17) with τ_IPO = 1/η."""
+    step = make_rule("ipo", 0.5, eta=1.0 / 0.5).prox_steps()[0]  # τ_IPO = 0.5
+    chosen, rejected = {REFERENCE: torch.tensor([-1.5])}, {REFERENCE: torch.tensor([-1.0])}
+    loss, margin = step_loss(step, torch.tensor([-1.0]), torch.tensor([-2.0]), chosen, rejected, torch.tensor([0.5]))
+    # log-ratio margin = (−1 + 1.5) − (−2 + 1) = 1.5; IPO's target 1/(2τ) = 1
+    assert margin.item() == pytest.approx(1.5) and loss.item() == pytest.approx((1.5 - 1.0) ** 2)
+
+
+def test_step_loss_without_a_second_response_is_pointwise():
+    step = make_rule("sppo", 0.5, eta=3.0).prox_steps()[0]
+    loss, ratio = step_loss(step, torch.tensor([-1.0]), None, {CURRENT: torch.tensor([-1.5])}, None,
+                            torch.tensor([0.1]))
+    assert ratio.item() == pytest.approx(0.5) and loss.item() == pytest.approx((0.5 - 0.3) ** 2)
 
 
 def test_anchor_names_what_is_missing():
@@ -68,14 +77,14 @@ def fit_free_policy(step: ProxStep, pointwise: bool, policies: dict, advantages:
     return torch.log_softmax(logits, -1).detach().numpy()[None]
 
 
-@pytest.mark.parametrize("name", ["comal", "inpo", "onpo", "sppo", "iter-ipo", "nash-md", "mpo", "extragradient"])
+@pytest.mark.parametrize("name", sorted(set(RULES) | {"comal-inpo"}))
 def test_minimising_the_sampled_loss_gives_the_tabular_step(name):
     game = random_intransitive(6, seed=2)
     rng = np.random.default_rng(0)
     # SPPO's pointwise form treats the normaliser as known: log Z = log E_π[e^{η a}] = O(η² Var a)
     # since E_π[a_π] = 0, so it is exact only to O(η²); the pairwise forms cancel Z exactly.
-    overrides = {"comal": {"inner": "inpo"}, "sppo": {"eta": 0.1}}.get(name, {})
-    rule = make_rule(name, game, **overrides)
+    overrides = {"comal-inpo": {"inner": "inpo"}, "sppo": {"eta": 0.1}}.get(name, {})
+    rule = make_rule(name.removesuffix("-inpo"), game, **overrides)
     policies = {key: np.log(rng.dirichlet(np.ones(6)))[None] for key in rule.keeps}
     tabular = dict(policies)
     apply_prox_steps(rule.prox_steps(), tabular, AdvantageCache(game, tabular))

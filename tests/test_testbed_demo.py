@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from comal.games import duality_gap
-from comal.testbed.demo import DEFAULT_ALGORITHMS, DemoSettings, run_demo
+from comal.testbed.demo import DemoSettings, algorithm_settings, run_demo
 
 # 8 responses (2 tokens, length 3), one prompt; 20 iterations of 512 samples: ~1 minute on 2 cores
 SMALL = DemoSettings(tokens=2, length=3, prompts=1, game_seed=4, iterations=20, samples_per_prompt=512,
-                     algorithms={name: DEFAULT_ALGORITHMS[name] for name in ("comal", "iter-ipo")})
+                     algorithms=algorithm_settings(["comal", "iter-ipo"]))
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +41,13 @@ def test_summary_lets_anyone_recompute_every_gap(small_demo):
         np.testing.assert_allclose(policy.sum(-1), 1.0, atol=1e-9)
         assert result["duality_gap"] == pytest.approx(duality_gap(preference, policy), abs=1e-12)
         assert result["history"]["duality_gap"][-1] == result["duality_gap"]
+        assert result["samples_drawn"] == SMALL.iterations * SMALL.samples_per_prompt  # one round an iteration
         assert set(result["history"]) == {"duality_gap", "kl_to_nash", "best_response_win_rate"}
     assert {(name, t) for name, t, _ in seen} == {(n, t) for n in ("comal", "iter-ipo") for t in range(21)}
     assert (out / "convergence.png").stat().st_size > 10_000 and (out / "policies.png").stat().st_size > 10_000
     assert (out / "comal" / "iter_019" / "fit_current" / "train" / "model").is_dir()  # the pipeline's own files
+    comal = saved["algorithms"]["comal"]
+    assert comal["reference_moves"] == [6, 12, 18] and comal["rule"]["inner"] == "inpo"  # K = 6
 
 
 def test_a_rerun_resumes_from_the_saved_stages(small_demo):

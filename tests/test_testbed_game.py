@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from comal.llm.config import RunConfig
-from comal.llm.loop import RunError, pipeline_from_config
+from comal.llm.loop import RunError, open_run
 from comal.testbed.game import make_testbed
 from comal.testbed.space import ConstrainedLlama
 
@@ -31,21 +31,21 @@ def test_one_pipeline_iteration_on_the_testbed(tmp_path):
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in testbed.prompts))
     config = RunConfig.model_validate({
         "model": {"path": "unused"}, "judge": {"path": "unused"}, "prompts": str(prompts), "iterations": 1,
-        "eta": 2.0, "tau_eta_ratio": 0.25, "rows": "soft",
+        "algorithm": "inpo", "eta": 2.0, "tau_eta_ratio": 0.25, "rows": "soft",
         "sampling": {"samples_per_prompt": 6, "max_new_tokens": 3, "temperature": 1.0, "top_p": 1.0},
         "training": {"epochs": 2, "learning_rate": 1e-3, "batch_size": 8, "mixed_precision": "no"}})
-    pipeline = pipeline_from_config(config, tmp_path / "run", judge=testbed.judge(), model=testbed.initial_policy(),
-                                    tokenizer=testbed.tokenizer, load_model=ConstrainedLlama.from_pretrained)
-    before = testbed.measures(testbed.exact_policy(pipeline.load_model(tmp_path / "run" / "start")))
-    pipeline.run()
-    after = testbed.measures(testbed.exact_policy(pipeline.load_model(pipeline.policy_dir(1, "current"))))
+    run = open_run(config, tmp_path / "run", judge=testbed.judge(), model=testbed.initial_policy(),
+                   tokenizer=testbed.tokenizer, load_model=ConstrainedLlama.from_pretrained)
+    before = testbed.measures(testbed.exact_policy(ConstrainedLlama.from_pretrained(tmp_path / "run" / "start")))
+    run.run()
+    after = testbed.measures(testbed.exact_policy(ConstrainedLlama.from_pretrained(run.policy(1))))
     assert after["duality_gap"] != pytest.approx(before["duality_gap"])  # the network moved
-    assert pipeline.stage_dir(0, "sample").is_dir()
+    assert run.folder.round(0, "current", "sample").is_dir()
     # the same folder under another configuration would reuse stale stages: refused, nothing changed
     saved = (tmp_path / "run" / "config.json").read_text()
     with pytest.raises(RunError, match="another configuration"):
-        pipeline_from_config(config.model_copy(update={"eta": 3.0}), tmp_path / "run", judge=testbed.judge(),
-                             model=testbed.initial_policy(), tokenizer=testbed.tokenizer)
+        open_run(config.model_copy(update={"eta": 3.0}), tmp_path / "run", judge=testbed.judge(),
+                 model=testbed.initial_policy(), tokenizer=testbed.tokenizer)
     assert (tmp_path / "run" / "config.json").read_text() == saved
 
 

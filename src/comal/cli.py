@@ -21,6 +21,7 @@ from rich.table import Table
 from comal.games import GENERATORS, GameError, duality_gap, load_game, nash_lp
 from comal.rules import RULES, make_rule
 from comal.tabular import THRESHOLDS, initial_policy, run
+from comal.testbed.demo import DEFAULT_ALGORITHMS
 
 app = typer.Typer(help="Align models with general preferences by finding the Nash policy.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -176,7 +177,7 @@ def _say(message: str) -> None:
 
 def _saved_config(run_dir: Path):
     from comal.llm.config import RunConfig
-    from comal.llm.loop import RunError
+    from comal.llm.run_folder import RunError
 
     saved = run_dir / "config.json"
     if not saved.is_file():
@@ -184,11 +185,11 @@ def _saved_config(run_dir: Path):
     return RunConfig.model_validate_json(saved.read_text())
 
 
-def _pipeline(run_dir: Path):
-    """The run's pipeline with its models and judge loaded, for the stage commands."""
-    from comal.llm.loop import pipeline_from_config
+def _open_run(run_dir: Path):
+    """The run with its models and judge loaded, for the stage commands."""
+    from comal.llm.loop import open_run
 
-    return pipeline_from_config(_saved_config(run_dir), run_dir, progress=_say)
+    return open_run(_saved_config(run_dir), run_dir, progress=_say)
 
 
 @app.command("demo")
@@ -198,7 +199,8 @@ def demo_command(
     seed: int = typer.Option(0, help="seed of the start network, sampling and training"),
     iterations: int = typer.Option(50, help="iterations of every algorithm"),
     samples: int = typer.Option(16384, help="responses sampled per prompt and iteration"),
-    algorithms: str = typer.Option("comal,inpo,onpo,iter-ipo,sppo", help="comma-separated; settings in the README"),
+    algorithms: str = typer.Option(",".join(DEFAULT_ALGORITHMS),
+                                   help=f"comma-separated, any of: {', '.join(RULES)} (settings in the README)"),
     workers: int = typer.Option(2, help="algorithms run at once, one process and CPU thread each"),
     tokens: int = typer.Option(4, help="content tokens of the response space"),
     length: int = typer.Option(2, help="content tokens per response: tokens**length responses"),
@@ -207,17 +209,16 @@ def demo_command(
     """The sampled pipeline on an enumerable testbed, every algorithm scored by its exact duality gap."""
     from pydantic import ValidationError
 
-    from comal.testbed.demo import DEFAULT_ALGORITHMS, DemoSettings, run_demo
+    from comal.testbed.demo import DemoSettings, algorithm_settings, run_demo
 
     chosen = [name.strip() for name in algorithms.split(",") if name.strip()]
-    unknown = [name for name in chosen if name not in DEFAULT_ALGORITHMS]
+    unknown = [name for name in chosen if name not in RULES]
     if unknown or not chosen:
         raise ValueError(f"--algorithms: unknown {', '.join(unknown) or '(none given)'}; "
-                         f"choose from {', '.join(DEFAULT_ALGORITHMS)}")
+                         f"choose from {', '.join(RULES)}")
     try:
         settings = DemoSettings(seed=seed, iterations=iterations, samples_per_prompt=samples, tokens=tokens,
-                                length=length, prompts=prompts,
-                                algorithms={name: DEFAULT_ALGORITHMS[name] for name in chosen})
+                                length=length, prompts=prompts, algorithms=algorithm_settings(chosen))
     except ValidationError as error:
         first = error.errors()[0]
         option = {"samples_per_prompt": "samples"}.get(first["loc"][0], first["loc"][0])
@@ -236,13 +237,14 @@ def demo_command(
                 _say(f"{algorithm}: iteration {t}/{iterations}, exact gap {gap:.4f}")
 
         summary = run_demo(settings, out, workers=workers, report=report)
-    table = Table("algorithm", "η", "ητ", "K", "start gap", "final gap", "best gap", "KL to Nash",
-                  "best response wins", "minutes",
+    table = Table("algorithm", "η", "ητ", "K", "samples drawn", "start gap", "final gap", "best gap",
+                  "KL to Nash", "best response wins", "minutes",
                   title=f"Exact measures of the trained network's last iterate (seed {seed})")
     for name, result in summary["algorithms"].items():
         gaps = result["history"]["duality_gap"]
-        table.add_row(name, f"{result['eta']:.3g}", f"{result['tau_eta_ratio']:g}",
-                      str(result["reference_period"]) if name == "comal" else "–", f"{gaps[0]:.3f}",
+        rule = result["rule"]
+        table.add_row(name, f"{rule['eta']:.3g}", f"{rule['eta'] * rule['tau']:.3g}" if rule["tau"] else "–",
+                      str(rule.get("period") or "–"), f"{result['samples_drawn']:,}", f"{gaps[0]:.3f}",
                       f"{result['duality_gap']:.3f}", f"{min(gaps):.3f}",
                       "–" if result["kl_to_nash"] is None else f"{result['kl_to_nash']:.3f}",
                       f"{result['best_response_win_rate']:.3f}", f"{result['seconds'] / 60:.1f}")
@@ -257,57 +259,83 @@ def run_pipeline(config: Path = typer.Argument(..., help="YAML run configuration
                  out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default runs/<config name>)")):
     """Run the whole loop; a rerun on the same folder resumes where it stopped."""
     from comal.llm.config import load_config
-    from comal.llm.loop import pipeline_from_config
+    from comal.llm.loop import open_run
 
     settings = load_config(config)
     run_dir = out or Path("runs") / config.stem
-    pipeline_from_config(settings, run_dir, progress=_say).run()
+    open_run(settings, run_dir, progress=_say).run()
     console.print(f"finished {settings.iterations} iterations in {run_dir}")
 
 
 @app.command("status")
 @user_errors
 def status_command(run_dir: Path = typer.Argument(..., help="run folder")):
-    """Which iterations and stages of a run are done (loads no model)."""
-    from comal.llm.loop import Pipeline
+    """Which iterations and stages of a run are done, and where μ moved (loads no model)."""
+    from comal.llm.loop import Run
+    from comal.llm.run_folder import RunFolder
 
-    rows = Pipeline(_saved_config(run_dir), run_dir).status()
-    table = Table("iteration", *list(rows[0])[1:], title=str(run_dir))
+    run = Run(_saved_config(run_dir), RunFolder(run_dir))
+    rows = run.status()
+    table = Table("iteration", *list(rows[0])[1:], title=f"{run_dir}: {run.config.algorithm}")
     for row in rows:
-        table.add_row(str(row["iteration"]), *("[green]done[/]" if row[k] else "·" for k in list(row)[1:]))
+        table.add_row(str(row["iteration"]), *(value if isinstance(value, str) else "[green]done[/]" if value else "·"
+                                               for value in list(row.values())[1:]))
     console.print(table)
 
 
-def _stage_command(name: str, help_text: str, needs_step: bool):
+def _round_command(name: str, help_text: str):
     @user_errors
     def command(run_dir: Path = typer.Argument(..., help="run folder"),
                 iteration: int = typer.Option(..., "--iteration", "-i", help="iteration index (from 0)"),
-                step: Optional[str] = typer.Option(None, help="which fit of the rule (default: the first)")):
-        from comal.llm.loop import rule_steps
-
-        pipeline = _pipeline(run_dir)
-        if not 0 <= iteration < pipeline.config.iterations:
-            raise ValueError(f"--iteration must be in 0..{pipeline.config.iterations - 1}")
-        stage = getattr(pipeline, f"{name}_stage")
-        if needs_step:
-            steps = {s.output: s for s in rule_steps(pipeline.config)}
-            chosen = step or next(iter(steps))
-            if chosen not in steps:
-                raise ValueError(f"--step must be one of {sorted(steps)}")
-            console.print(f"wrote {stage(iteration, steps[chosen])}")
+                policy: Optional[str] = typer.Option(None, help="which policy's round (default: current)")):
+        run = _open_run(run_dir)
+        t = _iteration(run, iteration)
+        rounds = run.rule.sampled_policies()
+        chosen = policy or rounds[0]
+        if chosen not in rounds:
+            raise ValueError(f"--policy must be one of {', '.join(rounds)}")
+        if name == "sample":
+            console.print(f"wrote {run.sample(t, chosen, run.round_policies(t, chosen))}")
         else:
-            console.print(f"wrote {stage(iteration)}")
+            console.print(f"wrote {run.judge(t, chosen)}")
 
     command.__doc__ = help_text
     app.command(name)(command)
 
 
-for _name, _help, _needs_step in (("sample", "Sample k responses per prompt from π_t.", False),
-                                  ("judge", "Judge every ordered pair of the samples (both orders).", False),
-                                  ("pairs", "Build soft or hard training rows.", False),
-                                  ("logprobs", "Log-probs of the anchor policies on every row.", True),
-                                  ("train", "Fit π_θ to the rule's sampled loss.", True)):
-    _stage_command(_name, _help, _needs_step)
+def _fit_command(name: str, help_text: str):
+    @user_errors
+    def command(run_dir: Path = typer.Argument(..., help="run folder"),
+                iteration: int = typer.Option(..., "--iteration", "-i", help="iteration index (from 0)"),
+                step: Optional[str] = typer.Option(None, help="which fit of the rule (default: the first)")):
+        run = _open_run(run_dir)
+        t = _iteration(run, iteration)
+        outputs = [s.output for s in run.steps]
+        chosen = step or outputs[0]
+        if chosen not in outputs:
+            raise ValueError(f"--step must be one of {', '.join(outputs)}")
+        index = outputs.index(chosen)
+        if name == "pairs":
+            console.print(f"wrote {run.pairs(t, run.steps[index])}")
+        else:
+            run.decide_reference(t)
+            console.print(f"wrote {getattr(run, name)(t, run.steps[index], run.policies(t, index))}")
+
+    command.__doc__ = help_text
+    app.command(name)(command)
+
+
+def _iteration(run, iteration: int) -> int:
+    if not 0 <= iteration < run.config.iterations:
+        raise ValueError(f"--iteration must be in 0..{run.config.iterations - 1}")
+    return iteration
+
+
+_round_command("sample", "Sample k responses per prompt from one policy of the rule (default π_t).")
+_round_command("judge", "Judge every ordered pair of a round's samples (both orders).")
+_fit_command("pairs", "Build the training rows of one fit of the rule.")
+_fit_command("logprobs", "Log-probs of one fit's anchor policies on every row.")
+_fit_command("train", "Fit π_θ to one proximal step of the rule.")
 
 
 @app.command("evaluate")
@@ -317,13 +345,13 @@ def evaluate_command(run_dir: Path = typer.Argument(..., help="run folder"),
                                                              help="win rates of π_{t+1} vs π_0 and π_t"),
                      matrix: bool = typer.Option(False, "--matrix", help="win rates between all checkpoints")):
     """Win rates on the held-out prompts, judged in both orders (JSON, and a PNG for --matrix)."""
-    pipeline = _pipeline(run_dir)
     if iteration is None and not matrix:
         raise ValueError("give --iteration T, --matrix, or both")
+    run = _open_run(run_dir)
     if iteration is not None:
-        console.print(json.loads((pipeline.evaluate_stage(iteration) / "metrics.json").read_text()))
+        console.print(json.loads((run.evaluate(_iteration(run, iteration)) / "metrics.json").read_text()))
     if matrix:
-        console.print(f"wrote {pipeline.win_matrix()} and win_matrix.png")
+        console.print(f"wrote {run.win_matrix()} and win_matrix.png")
 
 
 def main() -> None:

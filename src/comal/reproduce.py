@@ -90,7 +90,11 @@ def plot_trajectories(runs: dict[str, RunResult], game: np.ndarray, path: Path) 
     import matplotlib.pyplot as plt
 
     nash = _to_plane(nash_lp(game)[0])
-    figure, axes = plt.subplots(3, 3, figsize=(11, 10))
+    columns = 4
+    rows = -(-len(runs) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.7 * columns, 3.4 * rows), squeeze=False)
+    for axis in axes.flat[len(runs):]:
+        axis.axis("off")
     for axis, (name, result) in zip(axes.flat, runs.items()):
         path_xy = _to_plane(result.trajectory[:, 0])
         axis.fill(*_to_plane(np.eye(3)).T, color="#f4f4f4", edgecolor="#888")

@@ -1,12 +1,16 @@
 """Run configuration: YAML validated on load (unknown keys and wrong types name the key).
 
-The fields follow the paper's vocabulary: ``eta`` is η (the official code's ``eta`` is 1/η, here
-``eta_code``), ``tau_eta_ratio`` is ητ (the weight on the reference μ), ``reference_period`` is
-COMAL's K (μ ← π_t every K iterations).
+``algorithm`` is any rule of :data:`comal.rules.RULES`; the rule is built from the config by
+:meth:`RunConfig.rule` and the loop executes it. Its parameters follow the paper's vocabulary:
+``eta`` is η (the official code's ``eta`` is 1/η, here ``eta_code``), ``tau_eta_ratio`` is ητ
+(the weight on the reference μ), ``reference_period`` is K (μ ← π_t every K iterations, COMAL and
+MPO), ``inner`` and ``tolerance`` are COMAL's. Each left out takes the rule's default for a judge
+whose preferences span [0, 1] (payoff scale 1/2); one that the rule does not have is refused.
 """
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -15,8 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from comal.llm.sample import SamplingConfig
 from comal.llm.train import TrainConfig
+from comal.rules import RULES, Rule, make_rule
 
-SAMPLED_ALGORITHMS = ("comal", "inpo", "onpo", "sppo", "iter-ipo", "ipo", "dpo")
+JUDGE_SCALE = 0.5  # max |P − 1/2| of a judge with values in [0, 1]: the scale rule defaults are set for
+NOT_RULES = {"dpo": "DPO's minimiser is a Bradley-Terry fit, not a step of the preference game; "
+                    "use ipo (IPO against the fixed start policy)"}
 
 
 class ConfigError(ValueError):
@@ -54,13 +61,14 @@ class RunConfig(Strict):
     prompts: str = Field(description=".jsonl file, one object per line with the prompt field")
     prompt_field: str = "prompt"
     prompts_per_iteration: Optional[int] = Field(None, ge=1, description="default: all prompts each iteration")
-    algorithm: Literal[SAMPLED_ALGORITHMS] = "comal"
+    algorithm: str = Field("comal", description="a rule of comal.rules.RULES")
     iterations: int = Field(24, ge=1)
-    eta: float = Field(500.0, gt=0, description="η; the official code's eta_code is 1/η")
-    tau_eta_ratio: float = Field(1 / 3, ge=0, le=1, description="ητ, the weight on the reference μ")
-    reference_period: int = Field(12, ge=1, description="COMAL: μ ← π_t every this many iterations")
+    eta: Optional[float] = Field(None, gt=0, description="η; the official code's eta_code is 1/η")
+    tau_eta_ratio: Optional[float] = Field(None, ge=0, le=1, description="ητ, the weight on the reference μ")
+    reference_period: Optional[int] = Field(None, ge=1, description="μ ← π_t every this many iterations")
+    inner: Optional[str] = Field(None, description="comal: the rule that solves each regularised subgame")
+    tolerance: Optional[float] = Field(None, ge=0, lt=1, description="comal: relative residual test (0: period only)")
     rows: Literal["hard", "soft"] = "hard"
-    beta: float = Field(0.1, gt=0, description="DPO's β (dpo only)")
     sampling: SamplingConfig = SamplingConfig()
     training: TrainConfig = TrainConfig()
     evaluate: EvaluateSection = EvaluateSection()
@@ -70,9 +78,36 @@ class RunConfig(Strict):
     def _check(self):
         if self.sampling.samples_per_prompt < 2:
             raise ValueError("sampling.samples_per_prompt must be at least 2: preferences compare responses")
-        if self.algorithm == "sppo" and self.rows == "hard":
-            raise ValueError("sppo's loss is pointwise: use rows: soft")
+        rule = self.rule()
+        if rule.pointwise and self.rows == "hard":
+            raise ValueError(f"{self.algorithm}'s loss is pointwise (one response, target â(y)): use rows: soft")
         return self
+
+    def rule(self) -> Rule:
+        """The rule this run executes: the config's parameters over the rule's defaults."""
+        if self.algorithm not in RULES:
+            hint = NOT_RULES.get(self.algorithm, f"choose one of: {', '.join(RULES)}")
+            raise ValueError(f"'algorithm': unknown algorithm '{self.algorithm}'; {hint}")
+        kind = RULES[self.algorithm]
+        has = {field.name for field in fields(kind)}
+        given = {key: value for key, value in (("tau_eta_ratio", self.tau_eta_ratio), ("reference_period",
+                 self.reference_period), ("inner", self.inner), ("tolerance", self.tolerance)) if value is not None}
+        applies = {"tau_eta_ratio": kind.uses_tau, "reference_period": "period" in has,
+                   "inner": "inner" in has, "tolerance": "tolerance" in has}
+        extra = [key for key in given if not applies[key]]
+        if extra:
+            raise ValueError(f"'{extra[0]}' does not apply to {self.algorithm}; remove it from the config")
+        if "tau_eta_ratio" in given and self.eta is None:
+            raise ValueError("'tau_eta_ratio' needs 'eta' (or 'eta_code') too: τ = tau_eta_ratio / eta")
+        overrides = {"eta": self.eta} if self.eta is not None else {}
+        if "tau_eta_ratio" in given:
+            overrides["tau"] = given.pop("tau_eta_ratio") / self.eta
+        overrides.update({"period": given.pop("reference_period")} if "reference_period" in given else {})
+        overrides.update(given)
+        try:
+            return make_rule(self.algorithm, JUDGE_SCALE, **overrides)
+        except ValueError as error:
+            raise ValueError(f"'algorithm' {self.algorithm} with these parameters: {error}") from None
 
 
 def _describe(error: ValidationError) -> str:
@@ -82,6 +117,8 @@ def _describe(error: ValidationError) -> str:
         return f"unknown key '{where}'; check its spelling against configs/ and the docs"
     if first["type"] == "missing":
         return f"missing key '{where}'"
+    if first["type"] == "value_error" and not first["loc"]:  # a check across keys: its message names them
+        return str(first["ctx"]["error"])
     return f"'{where}': {first['msg']}"
 
 
@@ -97,7 +134,10 @@ def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a mapping of keys to values")
     if "eta_code" in raw:  # the official code's parameterisation, accepted for comparison
-        raw["eta"] = 1.0 / float(raw.pop("eta_code"))
+        code = raw.pop("eta_code")
+        if isinstance(code, bool) or not isinstance(code, (int, float)) or not 0 < code < float("inf"):
+            raise ConfigError(f"{path}: 'eta_code' must be a positive number (η = 1/eta_code), got {code!r}")
+        raw["eta"] = 1.0 / code
     try:
         return RunConfig.model_validate({**raw, **(overrides or {})})
     except ValidationError as error:

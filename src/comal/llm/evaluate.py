@@ -1,36 +1,32 @@
 """Evaluation: win rates between checkpoints on held-out prompts, judged in both orders.
 
-One response per prompt per checkpoint (cached under ``<run>/eval/responses``); the win rate of
-A over B is the mean over prompts of ``(P(a ≻ b) + 1 − P(b ≻ a)) / 2``, the soft score of the
-paper's evaluation. Judge failures are left out and counted. Lengths are in characters, as the
-official evaluation reports them.
+One response per prompt per checkpoint (cached on disk); the win rate of A over B is the mean over
+prompts of ``(P(a ≻ b) + 1 − P(b ≻ a)) / 2``, the soft score of the paper's evaluation. Judge
+failures are left out and counted. Lengths are in characters, as the official evaluation reports.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from comal.llm.judge import Judge, JudgeCache, cached_prefer
-from comal.llm.sample import sample
+from comal.llm.run_folder import write_atomically
+from comal.llm.sample import Samples
 
 
-def checkpoint_responses(pipeline, checkpoint: Path, prompts: Sequence[str]) -> list[str]:
-    """One sampled response per prompt from ``checkpoint`` (cached, seeded by the run's seed)."""
-    label = checkpoint.relative_to(pipeline.run_dir).as_posix().replace("/", "__")
-    folder = pipeline.run_dir / "eval" / "responses" / label
+def checkpoint_responses(folder: Path, prompts: Sequence[str], draw: Callable[[Sequence[str]], Samples]) -> list:
+    """One response per prompt (None where a prompt was skipped) from ``draw``, cached in ``folder``."""
 
     def write(temporary: Path):
-        settings = pipeline.config.sampling.model_copy(update={"samples_per_prompt": 1,
-                                                               "seed": pipeline.config.seed + 7_919})
-        drawn = sample(pipeline.load_model(checkpoint), pipeline.tokenizer, prompts, settings)
+        drawn = draw(prompts)
         by_prompt = dict(zip(drawn.prompts, (texts[0] for texts in drawn.texts)))
         (temporary / "responses.json").write_text(json.dumps([by_prompt.get(p) for p in prompts]))
 
-    pipeline.write_stage(folder, write)
+    write_atomically(folder, write)
     return json.loads((folder / "responses.json").read_text())
 
 
@@ -46,6 +42,36 @@ def win_rate(judge: Judge, prompts: Sequence[str], first: Sequence[str | None], 
     return (float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")), failures
 
 
+def win_matrix(judge: Judge, prompts: Sequence[str], responses: Sequence[Sequence[str | None]],
+               cache: JudgeCache) -> np.ndarray:
+    """``M[i, j]``: win rate of checkpoint i over checkpoint j (``M + Mᵀ = 1``)."""
+    matrix = np.full((len(responses), len(responses)), 0.5)
+    for i in range(len(responses)):
+        for j in range(i + 1, len(responses)):
+            matrix[i, j] = win_rate(judge, prompts, responses[i], responses[j], cache)[0]
+            matrix[j, i] = 1 - matrix[i, j]
+    return matrix
+
+
 def mean_length(responses: Sequence[str | None]) -> float:
     lengths = [len(r) for r in responses if r is not None]
     return float(np.mean(lengths)) if lengths else 0.0
+
+
+def plot_win_matrix(matrix: np.ndarray, names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(1.2 + 0.6 * len(names), 1 + 0.55 * len(names)))
+    image = axis.imshow(matrix, vmin=0, vmax=1, cmap="RdBu")
+    axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axis.set_yticks(range(len(names)), names)
+    for (i, j), value in np.ndenumerate(matrix):
+        axis.text(j, i, f"{100 * value:.0f}", ha="center", va="center", fontsize=8)
+    axis.set_title("win rate of row over column (%)")
+    figure.colorbar(image)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -9,7 +9,8 @@ sampled, so the loss regresses the difference between two responses of one promp
 with ``anchor(y) = Σ_k w_k log π_k(y)`` over stored sequence log-probs and ``target`` either
 ``â(y) − â(y')`` (soft rows) or ``1/2`` for a judged (chosen, rejected) pair (hard rows). Its
 minimiser over a free policy is exactly the tabular step (``tests/test_losses.py``). SPPO's form
-is pointwise, ``(log π_θ(y) − anchor(y) − η â(y))²``. Every function returns per-row losses.
+is pointwise, ``(log π_θ(y) − anchor(y) − η â(y))²``. Every function returns per-row losses;
+:func:`step_loss` is the one the trainer calls.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
-import torch.nn.functional as F
 
 from comal.rules import ProxStep
 
@@ -49,15 +49,13 @@ def pointwise_loss(step: ProxStep, policy: torch.Tensor, anchors: Mapping[str, t
     return (policy - anchor_logps(step, anchors) - step.eta * advantage) ** 2
 
 
-def ipo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
-             reference_rejected: torch.Tensor, tau: float) -> torch.Tensor:
-    """IPO (Azar et al. 2023, Eq. 17): ``(log-ratio margin − 1/(2τ))²`` against a fixed reference."""
-    margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
-    return (margin - 1.0 / (2.0 * tau)) ** 2
-
-
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
-             reference_rejected: torch.Tensor, beta: float) -> torch.Tensor:
-    """DPO (Rafailov et al. 2023, Eq. 7): ``−log σ(β · log-ratio margin)``."""
-    margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
-    return -F.logsigmoid(beta * margin)
+def step_loss(step: ProxStep, policy_first: torch.Tensor, policy_second: torch.Tensor | None,
+              anchors_first: Mapping[str, torch.Tensor], anchors_second: Mapping[str, torch.Tensor] | None,
+              target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row losses of ``step`` and what they fit: the margins ``h_θ`` of pairs, or the log-ratios
+    ``log π_θ(y) − anchor(y)`` of single responses (``policy_second`` None: the pointwise form)."""
+    if policy_second is None:
+        return pointwise_loss(step, policy_first, anchors_first, target), \
+            (policy_first - anchor_logps(step, anchors_first)).detach()
+    margin = pairwise_margin(step, policy_first, policy_second, anchors_first, anchors_second)
+    return (margin - step.eta * target) ** 2, margin.detach()

@@ -1,6 +1,7 @@
 """Training rows from the judged samples of one prompt.
 
-The k samples of a prompt are kept as m distinct responses with their ``counts`` (Σ counts = k);
+The k samples of a prompt are kept as m distinct responses with their ``counts`` (Σ counts = k;
+positive reals for expected counts);
 ``wins[u, v]`` is the judged probability that response u beats response v (both orders averaged,
 so ``wins + winsᵀ = 1``). The estimated advantage of a sample against the sampling policy is its
 average win rate over the *other* samples minus 1/2,
@@ -32,7 +33,7 @@ def _counts(wins: np.ndarray, counts) -> np.ndarray:
     wins = np.asarray(wins)
     m = wins.shape[0] if wins.ndim == 2 else 0
     counts = np.ones(m) if counts is None else np.asarray(counts, dtype=np.float64)
-    if wins.shape != (m, m) or counts.shape != (m,) or counts.sum() < 2 or (counts < 1).any():
+    if wins.shape != (m, m) or counts.shape != (m,) or counts.sum() < 2 or (counts <= 0).any():
         raise ValueError(f"need a square matrix of at least 2 judged samples, got shape {wins.shape} "
                          f"with counts {counts.tolist()}")
     return counts

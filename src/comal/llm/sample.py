@@ -31,13 +31,18 @@ class SamplingConfig(BaseModel):
 
 @dataclass
 class Samples:
-    """Per kept prompt, k responses as token ids (ending in EOS when the model stopped) and text."""
+    """Per kept prompt, k responses as token ids (ending in EOS when the model stopped) and text.
+
+    ``counts`` weigh each response (None: one sample each); an exact sampler gives every response
+    once with its expected count under the policy (the limit of infinitely many samples).
+    """
 
     prompts: list[str] = field(default_factory=list)
     response_ids: list[list[tuple[int, ...]]] = field(default_factory=list)
     texts: list[list[str]] = field(default_factory=list)
     truncated: int = 0
     skipped: int = 0
+    counts: list[list[float]] | None = None
 
 
 def sample_with_vllm(model_path, tokenizer, prompts: Sequence[str], config: SamplingConfig) -> Samples:

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader
 
 from comal.llm.logprobs import Encoded, collate, sequence_logps
-from comal.llm.losses import pairwise_margin, pointwise_loss
+from comal.llm.losses import step_loss
 from comal.rules import ProxStep
 
 
@@ -61,36 +60,35 @@ def _precision(choice: str) -> str:
 
 
 def _collate_rows(rows: Sequence[TrainRow], pad_id: int) -> dict:
-    """One padded batch of every sequence (firsts, then seconds: one forward pass) and the columns."""
+    """One padded batch of the batch's *distinct* sequences (one forward pass: the soft rows of a
+    prompt share its m responses among m(m − 1)/2 pairs), their indices per row, and the columns."""
     names = sorted({name for row in rows for name in row.anchors_first})
     pairwise = rows[0].second is not None
-    sequences = [row.first for row in rows] + ([row.second for row in rows] if pairwise else [])
-    batch = {"sequences": collate(sequences, pad_id),
+    position: dict[Encoded, int] = {}
+    for row in rows:
+        for sequence in (row.first, row.second) if pairwise else (row.first,):
+            position.setdefault(sequence, len(position))
+    batch = {"sequences": collate(list(position), pad_id),
+             "first": torch.tensor([position[row.first] for row in rows]),
              "anchors_first": {n: torch.tensor([row.anchors_first[n] for row in rows]) for n in names},
              "target": torch.tensor([row.target for row in rows]),
              "weight": torch.tensor([row.weight for row in rows])}
     if pairwise:
+        batch["second"] = torch.tensor([position[row.second] for row in rows])
         batch["anchors_second"] = {n: torch.tensor([row.anchors_second[n] for row in rows]) for n in names}
     return batch
 
 
-def row_losses(model, step: ProxStep, batch: dict, dpo_beta: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row losses and the fitted margins ``h_θ`` (pairwise) or log-probs (pointwise).
-
-    With ``dpo_beta`` the pairwise margin goes through DPO's logistic loss instead of the square.
-    """
+def row_losses(model, step: ProxStep, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row losses of ``step`` on a collated batch and the fitted margins (or log-ratios)."""
     policy = sequence_logps(model, batch["sequences"])
-    policy_first, policy_second = policy[:len(batch["target"])], policy[len(batch["target"]):]
-    if "anchors_second" not in batch:
-        return pointwise_loss(step, policy_first, batch["anchors_first"], batch["target"]), policy_first.detach()
-    margin = pairwise_margin(step, policy_first, policy_second, batch["anchors_first"], batch["anchors_second"])
-    if dpo_beta is not None:
-        return -F.logsigmoid(dpo_beta * margin), margin.detach()
-    return (margin - step.eta * batch["target"]) ** 2, margin.detach()
+    second = policy[batch["second"]] if "second" in batch else None
+    return step_loss(step, policy[batch["first"]], second, batch["anchors_first"], batch.get("anchors_second"),
+                     batch["target"])
 
 
 def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, *, pad_id: int,
-          log_path: str | Path | None = None, dpo_beta: float | None = None, accelerator=None) -> list[dict]:
+          log_path: str | Path | None = None, accelerator=None) -> list[dict]:
     """Minimise the step's sampled loss over ``rows``; returns the per-optimiser-step metrics."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -130,17 +128,18 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
     for epoch in range(config.epochs):
         for batch in loader:
             with accelerator.accumulate(model):
-                losses, margins = row_losses(model, step, batch, dpo_beta)  # the prepared loader places batches
+                losses, margins = row_losses(model, step, batch)  # the prepared loader places batches
                 loss = (batch["weight"] * losses).sum() / batch["weight"].sum()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                learning_rate = scheduler.get_last_lr()[0]  # the rate this step used
                 optimiser.step()
                 scheduler.step()
                 optimiser.zero_grad()
             if accelerator.sync_gradients:
                 record = {"epoch": epoch, "step": len(metrics), "loss": accelerator.gather(loss.detach()).mean().item(),
-                          "margin": margins.mean().item(), "learning_rate": scheduler.get_last_lr()[0]}
+                          "margin": margins.mean().item(), "learning_rate": learning_rate}
                 if "anchors_second" in batch:
                     record["pair_accuracy"] = (margins > 0).float().mean().item()
                 metrics.append(record)

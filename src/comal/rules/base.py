@@ -64,12 +64,16 @@ class Rule(ABC):
     name: ClassVar[str]
     keeps: ClassVar[tuple[str, ...]] = (CURRENT,)  # policies initialised to the start policy
     pointwise: ClassVar[bool] = False  # sampled loss regresses single responses (SPPO) not pairs
+    uses_tau: ClassVar[bool] = False  # τ enters the steps (else the field is unused and must stay 0)
+    solves_subgame: ClassVar[bool] = False  # converges to π*_τ(μ) for a fixed μ: usable as COMAL's inner rule
 
     def __post_init__(self):
         if not np.isfinite(self.eta) or self.eta <= 0:
             raise ValueError(f"{self.name}: eta must be a positive finite number, got {self.eta}")
         if not np.isfinite(self.tau) or self.tau < 0:
             raise ValueError(f"{self.name}: tau must be a non-negative finite number, got {self.tau}")
+        if self.tau and not self.uses_tau:
+            raise ValueError(f"{self.name}: has no regularisation τ; leave tau unset")
 
     @classmethod
     @abstractmethod
@@ -81,12 +85,25 @@ class Rule(ABC):
         """The rule's definition, shared by the tabular update and the sampled loss."""
 
     def advantage_evaluations(self) -> int:
-        """Advantages evaluated per step: mat-vecs here, rounds of sampling for an LLM."""
+        """Advantages evaluated per step: mat-vecs here."""
         return len({step.advantage_of for step in self.prox_steps() if step.advantage_of is not None})
 
+    def sampled_policies(self) -> tuple[str, ...]:
+        """The policies an LLM iteration samples, in order: one round each (see :func:`rows_policy`)."""
+        return tuple(dict.fromkeys(rows_policy(step) for step in self.prox_steps()))
+
     def reference_due(self, state: State, advantages: Mapping[str, np.ndarray]) -> bool:
-        """Whether to set the reference μ ← π_t before this step (COMAL, MPO)."""
+        """Whether to set the reference μ ← π_t before this step (COMAL, MPO).
+
+        ``state.policies`` and ``advantages`` are read lazily: the tabular engine gives exact arrays,
+        the LLM loop estimates them on the current policy's samples only when read.
+        """
         return False
+
+    def next_state(self, state: State, policies: Mapping, reference_moved: bool) -> State:
+        """The state after one iteration that produced ``policies`` (moving μ first if ``reference_moved``)."""
+        since = 1 if reference_moved else state.since_reference + 1
+        return State(policies, state.iteration + 1, since, state.reference_updates + int(reference_moved))
 
     def init(self, log_policy: np.ndarray) -> State:
         log_policy = log_softmax(np.asarray(log_policy, dtype=np.float64), axis=-1)
@@ -96,12 +113,11 @@ class Rule(ABC):
         """One iteration; returns the new state and the advantages it used (keyed by policy)."""
         policies = dict(state.policies)
         advantages = AdvantageCache(game, policies)
-        since, updates = state.since_reference, state.reference_updates
-        if REFERENCE in policies and self.reference_due(state, advantages):
+        moved = REFERENCE in policies and self.reference_due(state, advantages)
+        if moved:
             policies[REFERENCE] = policies[CURRENT]
-            since, updates = 0, updates + 1
         apply_prox_steps(self.prox_steps(), policies, advantages)
-        return State(policies, state.iteration + 1, since + 1, updates), advantages.computed
+        return self.next_state(state, policies, moved), advantages.computed
 
 
 class AdvantageCache(Mapping):
@@ -129,6 +145,14 @@ def apply_prox_steps(steps, policies: dict[str, np.ndarray], advantages: Advanta
         if step.advantage_of is not None:
             logits = logits + step.eta * advantages[step.advantage_of]
         policies[step.output] = log_softmax(logits, axis=-1)
+
+
+def rows_policy(step: ProxStep) -> str:
+    """The policy whose samples an LLM fit of ``step`` regresses on: the one whose advantage it uses,
+    or for a pure mixture step (no advantage) its heaviest anchor."""
+    if step.advantage_of is not None:
+        return step.advantage_of
+    return max(step.anchor, key=lambda name: step.anchor[name])
 
 
 def check_period(name: str, period: int | None) -> None:

@@ -12,6 +12,7 @@ relative test is what inexact proximal-point methods need (errors shrink with th
 absolute one would move μ every step near the Nash and turn COMAL back into MWU.
 Sampled form: that of the inner rule, with μ the latest reference checkpoint.
 
+The inner rules are those that declare ``solves_subgame`` (:func:`comal.rules.inner_rules`).
 Defaults on a game with payoff scale ``L = max|P − 1/2|``: the inner rule is extragradient
 (mirror-prox on ``J_τ``, ``η = 1/L``) with ``τ = L/1000``. A proximal-point step contracts a
 rotation mode of speed ω by ``1/√(1 + ω²/τ²)``, so τ must be small for the slow modes of large
@@ -22,32 +23,34 @@ own defaults (``τ = L/4``) and converges too, more slowly (see README, "Results
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
 from comal.games import fixed_point_residual
 from comal.rules.base import CURRENT, REFERENCE, Rule, check_period
 from comal.rules.extragradient import Extragradient
-from comal.rules.inpo import INPO
-from comal.rules.mpo import MPO
-from comal.rules.nash_md import NashMD
 
-INNER_RULES = {rule.name: rule for rule in (INPO, NashMD, MPO, Extragradient)}
+
+def _inner_rules() -> dict[str, type[Rule]]:
+    from comal.rules import inner_rules  # the registry imports this module: look it up when used
+
+    return inner_rules()
 
 
 @dataclass(frozen=True)
 class Comal(Rule):
     name = "comal"
     keeps = (CURRENT, REFERENCE)
-    inner: str = "inpo"  # rule that solves each regularised subgame: inpo, nash-md, mpo, extragradient
+    uses_tau = True
+    inner: str = "inpo"  # rule that solves each regularised subgame (see inner_rules())
     period: int | None = 2000  # move the reference after at most this many inner steps
-    tolerance: float = 0.1  # ... or once residual ≤ tolerance · distance moved from μ
+    tolerance: float = 0.1  # ... or once residual ≤ tolerance · distance moved from μ; 0: period only
 
     def __post_init__(self):
         super().__post_init__()
-        if self.inner not in INNER_RULES:
-            raise ValueError(f"comal: unknown inner rule '{self.inner}'; choose one of {sorted(INNER_RULES)}")
+        if self.inner not in _inner_rules():
+            raise ValueError(f"comal: unknown inner rule '{self.inner}'; choose one of {sorted(_inner_rules())}")
         check_period(self.name, self.period)
         if not 0 <= self.tolerance < 1:
             raise ValueError(f"comal: tolerance is relative and must be in [0, 1), got {self.tolerance}")
@@ -60,9 +63,9 @@ class Comal(Rule):
         inner = overrides.setdefault("inner", Extragradient.name)
         if inner == Extragradient.name:
             defaults = {"eta": 1.0 / scale, "tau": scale / 1000}
-        elif inner in INNER_RULES:  # the inner rule's own defaults, given any η or τ passed in
+        elif inner in _inner_rules():  # the inner rule's own defaults, given any η or τ passed in
             given = {key: overrides[key] for key in ("eta", "tau") if key in overrides}
-            rule = INNER_RULES[inner].for_game(scale, **given)
+            rule = _inner_rules()[inner].for_game(scale, **given)
             defaults = {"eta": rule.eta, "tau": rule.tau}
         else:
             defaults = {"eta": 1.0, "tau": 1.0}  # __post_init__ names the unknown inner rule
@@ -70,8 +73,10 @@ class Comal(Rule):
 
     @property
     def inner_rule(self) -> Rule:
-        extra = {"period": None} if self.inner == MPO.name else {}
-        return INNER_RULES[self.inner](eta=self.eta, tau=self.tau, **extra)
+        rule = _inner_rules()[self.inner](eta=self.eta, tau=self.tau)
+        if "period" in {field.name for field in fields(rule)}:
+            rule = replace(rule, period=None)  # COMAL moves the reference, not the inner rule
+        return rule
 
     def prox_steps(self):
         return self.inner_rule.prox_steps()
@@ -79,6 +84,9 @@ class Comal(Rule):
     def reference_due(self, state, advantages):
         if self.period is not None and state.since_reference >= self.period:
             return True
+        if self.tolerance == 0:
+            return False
         current, reference = state.policies[CURRENT], state.policies[REFERENCE]
         residual = fixed_point_residual(current, reference, advantages[CURRENT], self.tau)
-        return residual <= self.tolerance * float(np.max(np.abs(current - reference)))
+        moved = np.where(np.isfinite(reference), current - reference, 0.0)  # −inf: outside the support
+        return residual <= self.tolerance * float(np.max(np.abs(moved)))

@@ -25,6 +25,8 @@ HALF = "half"
 class Extragradient(Rule):
     name = "extragradient"
     keeps = (CURRENT, REFERENCE)
+    uses_tau = True
+    solves_subgame = True
 
     @classmethod
     def for_game(cls, scale: float, **overrides) -> "Extragradient":

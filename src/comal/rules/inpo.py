@@ -27,6 +27,8 @@ def stable_eta(tau: float, scale: float) -> float:
 class INPO(Rule):
     name = "inpo"
     keeps = (CURRENT, REFERENCE)
+    uses_tau = True
+    solves_subgame = True
 
     def __post_init__(self):
         super().__post_init__()

@@ -12,10 +12,19 @@ from dataclasses import dataclass
 from comal.rules.base import CURRENT, REFERENCE, ProxStep, Rule, check_period
 
 
+def magnetic_eta(tau: float, scale: float) -> float:
+    """A stable step for the magnetic (implicit-KL) update: it multiplies a rotation mode ``iω`` by
+    ``(1 + iηω)/(1 + ητ)``, which contracts for every ``|ω| ≤ scale`` when ``η (scale² − τ²) < 2τ``;
+    half that bound, and at most ``1/scale``."""
+    return 1.0 / scale if tau >= scale else min(1.0 / scale, tau / (scale**2 - tau**2))
+
+
 @dataclass(frozen=True)
 class MPO(Rule):
     name = "mpo"
     keeps = (CURRENT, REFERENCE)
+    uses_tau = True
+    solves_subgame = True  # with period None (COMAL moves the reference itself)
     period: int | None = 100  # magnet refresh every this many steps; None: never
 
     def __post_init__(self):
@@ -25,10 +34,7 @@ class MPO(Rule):
     @classmethod
     def for_game(cls, scale: float, **overrides) -> "MPO":
         tau = overrides.pop("tau", scale)
-        # the implicit step multiplies a mode iω by (1 + iηω)/(1 + ητ): it contracts for every
-        # |ω| ≤ scale when η (scale² − τ²) < 2τ; take half that bound, and at most 1/scale
-        eta = 1.0 / scale if tau >= scale else min(1.0 / scale, tau / (scale**2 - tau**2))
-        return cls(**{"eta": eta, "tau": tau, **overrides})
+        return cls(**{"eta": magnetic_eta(tau, scale), "tau": tau, **overrides})
 
     def prox_steps(self):
         shrink = 1.0 + self.eta * self.tau

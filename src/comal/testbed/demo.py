@@ -1,9 +1,10 @@
 """``comal demo``: every algorithm through the real LLM pipeline on the testbed, scored exactly.
 
-Each algorithm gets the same testbed, start network and sample budget (``samples_per_prompt``
-responses per prompt per iteration, ``iterations`` iterations) and runs the ordinary
-sample → judge → pairs → log-probs → train loop of :mod:`comal.llm.loop` in its own run folder
-(resumable). After every iteration the exact distribution of the network is enumerated and its
+Each algorithm (any rule of :data:`comal.rules.RULES`) gets the same testbed, start network and
+``samples_per_prompt`` responses per prompt in every round of sampling, for ``iterations``
+iterations (a rule that samples two policies per iteration draws twice as many: the summary
+records ``samples_drawn``), and runs the ordinary loop of :mod:`comal.llm.loop` in its own run
+folder (resumable). After every iteration the exact distribution of the network is enumerated and its
 duality gap, KL to the Nash and best-response win rate recorded. Algorithms run in parallel worker
 processes, one CPU thread each.
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from queue import Empty
@@ -27,30 +28,52 @@ from queue import Empty
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from comal.rules import CURRENT
+from comal.rules import RULES, Rule, make_rule
 
 MEASURES = ("duality_gap", "kl_to_nash", "best_response_win_rate")
 
 
 class AlgorithmSettings(BaseModel):
+    """A rule's parameters on the testbed; each left None takes the rule's default for the game."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    eta: float | None = Field(None, gt=0, description="η; None: the rule's default for the game's scale")
-    tau_eta_ratio: float = Field(0.0, ge=0, le=1, description="ητ, weight on the reference (comal, inpo)")
-    reference_period: int = Field(1, ge=1, description="comal: μ ← π_t every this many iterations")
+    eta: float | None = Field(None, gt=0, description="η")
+    tau_eta_ratio: float | None = Field(None, ge=0, le=1, description="ητ, the weight on the reference")
+    reference_period: int | None = Field(None, ge=1, description="μ ← π_t every this many iterations")
+    inner: str | None = Field(None, description="comal: the inner rule")
+    tolerance: float | None = Field(None, ge=0, lt=1, description="comal: relative residual test (0: period only)")
+
+    def rule(self, algorithm: str, preference: np.ndarray) -> Rule:
+        overrides = {key: value for key, value in (("eta", self.eta), ("period", self.reference_period),
+                                                    ("inner", self.inner), ("tolerance", self.tolerance))
+                     if value is not None}
+        if self.tau_eta_ratio is not None:
+            overrides["tau"] = self.tau_eta_ratio / (self.eta or make_rule(algorithm, preference).eta)
+        return make_rule(algorithm, preference, **overrides)
 
 
 # COMAL: the paper's recipe (INPO inner steps, the reference moved every K iterations). INPO: the
 # same η and ητ with the reference fixed, so the pair isolates the reference moves. ONPO,
 # iterative IPO and SPPO: the η their rules choose for the game's payoff scale L (make_rule: 0.5/L
-# for ONPO, 0.1/L for the MWU family), as in `comal game reproduce`; the README adds ONPO at η = 2.
+# for ONPO, 0.1/L for the MWU family), as in `comal game reproduce`. Any other rule runs with its
+# defaults for the game (`comal demo --algorithms`).
 DEFAULT_ALGORITHMS = {
-    "comal": AlgorithmSettings(eta=3.0, tau_eta_ratio=0.5, reference_period=6),
+    "comal": AlgorithmSettings(eta=3.0, tau_eta_ratio=0.5, reference_period=6, inner="inpo", tolerance=0.0),
     "inpo": AlgorithmSettings(eta=3.0, tau_eta_ratio=0.5),
     "onpo": AlgorithmSettings(),
     "iter-ipo": AlgorithmSettings(),
     "sppo": AlgorithmSettings(),
 }
+assert set(DEFAULT_ALGORITHMS) <= set(RULES)
+
+
+def algorithm_settings(names: Iterable[str]) -> dict[str, AlgorithmSettings]:
+    """The demo's settings for each named rule: tuned where the demo has them, else the rule's defaults."""
+    unknown = [name for name in names if name not in RULES]
+    if unknown:
+        raise ValueError(f"unknown algorithm {', '.join(unknown)}; choose from {', '.join(RULES)}")
+    return {name: DEFAULT_ALGORITHMS.get(name, AlgorithmSettings()) for name in names}
 
 
 class DemoSettings(BaseModel):
@@ -78,20 +101,22 @@ class DemoSettings(BaseModel):
         return make_testbed(tokens=self.tokens, length=self.length, prompts=self.prompts, game=self.game,
                             seed=self.game_seed, **self.game_options)
 
-    def eta(self, algorithm: str, preference: np.ndarray) -> float:
-        from comal.rules import make_rule
-
-        return self.algorithms[algorithm].eta or make_rule(algorithm, preference).eta
+    def rule(self, algorithm: str, preference: np.ndarray) -> Rule:
+        return self.algorithms[algorithm].rule(algorithm, preference)
 
     def run_config(self, algorithm: str, prompts_file: Path, preference: np.ndarray):
-        """The pipeline configuration of one algorithm: the model and judge come from the testbed."""
+        """The pipeline configuration of one algorithm: the rule's parameters resolved for the testbed's
+        game and written out in full; the model and judge come from the testbed."""
         from comal.llm.config import RunConfig
 
-        chosen = self.algorithms[algorithm]
+        rule = self.rule(algorithm, preference)
+        parameters = {"eta": rule.eta, "tau_eta_ratio": rule.eta * rule.tau if rule.uses_tau else None,
+                      "reference_period": getattr(rule, "period", None), "inner": getattr(rule, "inner", None),
+                      "tolerance": getattr(rule, "tolerance", None)}
         return RunConfig.model_validate({
             "model": {"path": "testbed"}, "judge": {"path": "testbed"}, "prompts": str(prompts_file),
-            "algorithm": algorithm, "iterations": self.iterations, "eta": self.eta(algorithm, preference),
-            "tau_eta_ratio": chosen.tau_eta_ratio, "reference_period": chosen.reference_period, "rows": "soft",
+            "algorithm": algorithm, "iterations": self.iterations, "rows": "soft",
+            **{key: value for key, value in parameters.items() if value is not None},
             "sampling": {"samples_per_prompt": self.samples_per_prompt, "max_new_tokens": self.length + 1,
                          "temperature": 1.0, "top_p": 1.0},  # sample π itself: â estimates a_π
             "training": {"epochs": self.epochs, "learning_rate": self.learning_rate, "batch_size": self.batch_size,
@@ -102,26 +127,30 @@ class DemoSettings(BaseModel):
 def run_algorithm(algorithm: str, settings: DemoSettings, out: Path,
                   report: Callable[[str, int, float], None] | None = None) -> dict:
     """Run one algorithm for ``settings.iterations`` iterations; its exact measures per iteration."""
-    from comal.llm.loop import pipeline_from_config
+    from dataclasses import asdict
+
+    from comal.llm.loop import open_run
     from comal.testbed.space import ConstrainedLlama
 
     testbed = settings.testbed()
     config = settings.run_config(algorithm, out / "prompts.jsonl", testbed.preference)
-    pipeline = pipeline_from_config(config, out / algorithm, judge=testbed.judge(),
-                                    model=testbed.initial_policy(settings.seed), tokenizer=testbed.tokenizer,
-                                    load_model=ConstrainedLlama.from_pretrained)
+    run = open_run(config, out / algorithm, judge=testbed.judge(), model=testbed.initial_policy(settings.seed),
+                   tokenizer=testbed.tokenizer, load_model=ConstrainedLlama.from_pretrained)
     started = time.perf_counter()
     history = {name: [] for name in MEASURES}
     for t in range(settings.iterations + 1):
         if t > 0:
-            pipeline.iteration(t - 1)
-        policy = testbed.exact_policy(pipeline.load_model(pipeline.policy_dir(t, CURRENT)))
+            run.iteration(t - 1)
+        policy = testbed.exact_policy(ConstrainedLlama.from_pretrained(run.policy(t)))
         measured = testbed.measures(policy)
         for name in MEASURES:
             history[name].append(measured[name])
         if report is not None:
             report(algorithm, t, measured["duality_gap"])
-    return {**settings.algorithms[algorithm].model_dump(), "eta": settings.eta(algorithm, testbed.preference),
+    rounds = len(run.rule.sampled_policies())
+    return {"rule": asdict(run.rule), "rounds_per_iteration": rounds,
+            "samples_drawn": settings.iterations * rounds * settings.samples_per_prompt,
+            "reference_moves": [t for t in range(settings.iterations) if run.reference_moved(t)],
             **{name: history[name][-1] for name in MEASURES},
             "history": history, "policy": policy.tolist(), "seconds": time.perf_counter() - started}
 
@@ -149,9 +178,7 @@ def run_demo(settings: DemoSettings, out: Path, *, workers: int = 2,
     """Run every algorithm of ``settings`` (``workers`` at a time) and write the summary and plots."""
     import multiprocessing
 
-    unknown = sorted(set(settings.algorithms) - set(DEFAULT_ALGORITHMS))
-    if unknown:
-        raise ValueError(f"the demo runs {', '.join(DEFAULT_ALGORITHMS)}; not {', '.join(unknown)}")
+    algorithm_settings(settings.algorithms)  # names checked before anything is written
     _quiet_libraries()
     out.mkdir(parents=True, exist_ok=True)
     testbed = settings.testbed()

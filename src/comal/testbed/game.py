@@ -60,6 +60,23 @@ class Testbed:
                 "best_response_win_rate": best_response_win_rate(self.preference, policy),
                 "valid_mass": float(policy.sum(-1).mean())}
 
+    def exact_sampler(self, draws: float = 1e9):
+        """A sampler for the pipeline that returns every response once with its expected count in
+        ``draws`` samples of the checkpoint's exact distribution: the limit of infinitely many
+        samples, so the advantages the pairs stage estimates are exact (to O(1/draws)) and the
+        loss is the population loss. For checking the loop against the tabular rule."""
+        from comal.llm.sample import Samples
+
+        responses = [tuple(ids) for ids in self.space.responses().tolist()]
+        texts = self.responses()
+
+        def sampler(policy, prompts, settings) -> Samples:
+            model = ConstrainedLlama.from_pretrained(policy)
+            counts = [(draws * exact_distribution(model, self.prompt_ids(prompt))).tolist() for prompt in prompts]
+            return Samples(list(prompts), [responses] * len(prompts), [texts] * len(prompts), counts=counts)
+
+        return sampler
+
     def initial_policy(self, seed: int = 0, **config) -> ConstrainedLlama:
         """A freshly initialised tiny transformer constrained to the space."""
         settings = tiny_config(self.tokenizer, **config)

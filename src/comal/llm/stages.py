@@ -1,0 +1,216 @@
+"""The stages of an iteration as functions of explicit inputs, each writing one folder ``out``.
+
+    sample_stage    prompts, a policy checkpoint, a sampler      → responses (ids, text, counts)
+    judge_stage     the samples, a judge                          → distinct responses, counts, win matrix
+    pairs_stage     the judged samples, the kind of rows          → training rows (indices into responses)
+    logprobs_stage  the rows, the anchor checkpoints              → sequence log-probs of every anchor
+    train_stage     rows, anchor log-probs, a ProxStep, a start   → the fitted checkpoint and its metrics
+
+:mod:`comal.llm.loop` chains them in the order a rule's steps ask for; :mod:`comal.llm.run_folder`
+writes each atomically. Each sequence is run through a model once per stage, however many rows
+it appears in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from comal.llm.judge import Judge, JudgeCache, judge_samples
+from comal.llm.logprobs import Encoded, batched_logps, encode
+from comal.llm.pairs import estimated_advantages, hard_rows, pointwise_rows, soft_rows
+from comal.llm.run_folder import RunError, load_rows, save_rows, write_json
+from comal.llm.sample import Samples, SamplingConfig, sample, sample_with_vllm
+from comal.llm.train import TrainConfig, TrainRow, train
+from comal.rules import ProxStep
+
+Sampler = Callable[[Path, Sequence[str], SamplingConfig], Samples]
+
+
+def load_prompts(path: str | Path, field: str = "prompt") -> list[str]:
+    """Prompts from a JSON-lines file, one object per line with ``field``."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"no such prompt file: {path}")
+    prompts = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise RunError(f"{path}, line {number}: not a JSON object") from None
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            raise RunError(f"{path}, line {number}: no '{field}' text field; set prompt_field in the config")
+        if not record[field].strip():
+            raise RunError(f"{path}, line {number}: the prompt is empty; remove the line or fill it in")
+        prompts.append(record[field])
+    if not prompts:
+        raise RunError(f"{path} holds no prompts")
+    return prompts
+
+
+def model_sampler(load_model: Callable[[Path], object], tokenizer, backend: str = "transformers") -> Sampler:
+    """Sampling from a checkpoint with transformers ``generate`` (or vLLM)."""
+    if backend == "vllm":
+        return lambda policy, prompts, settings: sample_with_vllm(policy, tokenizer, prompts, settings)
+    return lambda policy, prompts, settings: sample(load_model(policy), tokenizer, prompts, settings)
+
+
+def sample_stage(out: Path, *, prompts: Sequence[str], policy: Path, settings: SamplingConfig,
+                 sampler: Sampler) -> None:
+    """k responses per prompt from ``policy``; ``counts`` weigh each (1 per drawn sample)."""
+    drawn = sampler(policy, prompts, settings)
+    counts = drawn.counts or [[1.0] * len(ids) for ids in drawn.response_ids]
+    save_rows(out, [{"prompt": p, "response_ids": [list(r) for r in ids], "texts": texts, "counts": weights}
+                    for p, ids, texts, weights in zip(drawn.prompts, drawn.response_ids, drawn.texts, counts)])
+    write_json(out / "counts.json", {"prompts": len(drawn.prompts), "truncated": drawn.truncated,
+                                     "skipped": drawn.skipped})
+
+
+def judge_stage(out: Path, *, samples: Path, judge: Judge, cache: JudgeCache) -> None:
+    """Per prompt: the distinct responses, their summed counts and their win matrix (both orders)."""
+    records, failures, empty = [], 0, 0
+    for record in load_rows(samples):
+        empty += sum(not text.strip() for text in record["texts"])
+        counts, text_of = {}, {}
+        for ids, text, count in zip(record["response_ids"], record["texts"], record["counts"]):
+            counts[tuple(ids)] = counts.get(tuple(ids), 0.0) + count  # distinct, in the order first drawn
+            text_of[tuple(ids)] = text
+        judged = judge_samples(judge, record["prompt"], [text_of[ids] for ids in counts], cache)
+        failures += judged.failures
+        records.append({"prompt": record["prompt"], "response_ids": [list(ids) for ids in counts],
+                        "texts": [text_of[ids] for ids in counts], "counts": list(counts.values()),
+                        "wins": judged.wins.tolist()})
+    save_rows(out, records)
+    write_json(out / "counts.json", {"judge_failures": failures, "empty_responses": empty})
+
+
+def judged_prompts(judged: Path):
+    """The judged records with a complete win matrix (a pair no order could score drops its prompt)."""
+    for record in load_rows(judged):
+        wins = np.array(record["wins"], dtype=np.float64)
+        if not np.isnan(wins).any():
+            yield record, wins
+
+
+def pairs_stage(out: Path, *, judged: Path, kind: str) -> None:
+    """Training rows of ``kind`` (soft, hard or pointwise) from every judged prompt."""
+    make_rows = {"soft": soft_rows, "hard": hard_rows, "pointwise": pointwise_rows}[kind]
+    rows = []
+    for record, wins in judged_prompts(judged):
+        responses = record["response_ids"]
+        rows += [{"prompt": record["prompt"], "first": responses[row.first],
+                  "second": None if row.second is None else responses[row.second], "target": row.target,
+                  "weight": row.weight} for row in make_rows(wins, record["counts"])]
+    save_rows(out, rows)
+
+
+def encoded_rows(pairs: Path, tokenizer) -> tuple[list[dict], list[tuple[Encoded, Encoded | None]]]:
+    rows = load_rows(pairs)
+    return rows, [(encode(tokenizer, r["prompt"], r["first"]),
+                   None if r["second"] is None else encode(tokenizer, r["prompt"], r["second"])) for r in rows]
+
+
+def distinct_logps(model, sequences: Sequence[Encoded], pad_id: int, batch_size: int) -> dict[Encoded, float]:
+    """Sequence log-probs of each distinct sequence, computed once."""
+    distinct = list(dict.fromkeys(sequences))
+    return dict(zip(distinct, batched_logps(model, distinct, pad_id, batch_size).tolist()))
+
+
+def logprobs_stage(out: Path, *, pairs: Path, anchors: Mapping[str, Path], load_model: Callable, tokenizer,
+                   batch_size: int) -> None:
+    """Columns ``<policy>_first`` / ``<policy>_second``: log-probs of every row's responses under each anchor."""
+    _, encoded = encoded_rows(pairs, tokenizer)
+    sequences = [sequence for pair in encoded for sequence in pair if sequence is not None]
+    columns = {}
+    for name, checkpoint in sorted(anchors.items()):
+        values = distinct_logps(load_model(checkpoint), sequences, tokenizer.pad_token_id, batch_size)
+        for side, index in (("first", 0), ("second", 1)):
+            if any(pair[index] is not None for pair in encoded):
+                columns[f"{name}_{side}"] = [values[pair[index]] for pair in encoded if pair[index] is not None]
+    write_json(out / "anchors.json", columns)
+
+
+def train_stage(out: Path, *, pairs: Path, logprobs: Path, step: ProxStep, start: Path, load_model: Callable,
+                tokenizer, settings: TrainConfig, lora: dict | None = None) -> None:
+    """Fit π_θ, initialised from ``start``, to ``step``; save it in the Hugging Face format."""
+    rows, encoded = encoded_rows(pairs, tokenizer)
+    anchors = json.loads((logprobs / "anchors.json").read_text())
+    names = [name for name, weight in step.anchor.items() if weight]
+    train_rows = [TrainRow(first, {n: anchors[f"{n}_first"][i] for n in names}, rows[i]["target"],
+                           second, {n: anchors[f"{n}_second"][i] for n in names} if second else {}, rows[i]["weight"])
+                  for i, (first, second) in enumerate(encoded)]
+    model = load_model(start)
+    if lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+    train(model, train_rows, step, settings, pad_id=tokenizer.pad_token_id, log_path=out / "metrics.jsonl")
+    if lora is not None:  # a full checkpoint, loadable by from_pretrained
+        model = model.merge_and_unload()
+    model.save_pretrained(out / "model", safe_serialization=True)
+    tokenizer.save_pretrained(out / "model")
+
+
+class RoundEstimates:
+    """Sampled stand-ins for what :meth:`Rule.reference_due` reads, computed only when read.
+
+    Over the distinct responses ``S`` of the current policy's judged round, per prompt: each named
+    policy's log-probs renormalised over ``S`` (``−inf`` pads prompts with fewer responses), and the
+    current policy's estimated advantages ``â``. On ``S`` the fixed point ``π ∝ μ e^{a_π/τ}`` restricts
+    to itself, so the residual measured here estimates the tabular one.
+    """
+
+    def __init__(self, judged: Callable[[], Path], policies: Mapping[str, Path], *, load_model: Callable,
+                 tokenizer, batch_size: int, current: str):
+        self.judged, self.checkpoints, self.current = judged, policies, current
+        self.load_model, self.tokenizer, self.batch_size = load_model, tokenizer, batch_size
+        self.policies = _Lazy(policies, self._log_policy, "policy")
+        self.advantages = _Lazy((current,), self._advantages, "advantage (only the current policy is sampled)")
+
+    def _records(self):
+        if not hasattr(self, "_cached"):
+            self._cached = list(judged_prompts(self.judged()))
+            if not self._cached:
+                raise RunError("no prompt of the current round was judged: cannot test the reference")
+        return self._cached
+
+    def _padded(self, values: list[np.ndarray], fill: float) -> np.ndarray:
+        width = max(len(v) for v in values)
+        return np.stack([np.pad(v, (0, width - len(v)), constant_values=fill) for v in values])
+
+    def _log_policy(self, name: str) -> np.ndarray:
+        from scipy.special import log_softmax
+
+        records = self._records()
+        encoded = [[encode(self.tokenizer, r["prompt"], ids) for ids in r["response_ids"]] for r, _ in records]
+        values = distinct_logps(self.load_model(self.checkpoints[name]), [e for row in encoded for e in row],
+                                self.tokenizer.pad_token_id, self.batch_size)
+        return self._padded([log_softmax(np.array([values[e] for e in row])) for row in encoded], -np.inf)
+
+    def _advantages(self, name: str) -> np.ndarray:
+        return self._padded([estimated_advantages(wins, r["counts"]) for r, wins in self._records()], 0.0)
+
+
+class _Lazy(Mapping):
+    """A mapping whose values are computed on first read."""
+
+    def __init__(self, names, compute, what: str):
+        self.names, self.compute, self.what, self.values = tuple(names), compute, what, {}
+
+    def __getitem__(self, name):
+        if name not in self.names:
+            raise RunError(f"the sampled loop has no {self.what} '{name}'")
+        if name not in self.values:
+            self.values[name] = self.compute(name)
+        return self.values[name]
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self):
+        return len(self.names)
