@@ -137,3 +137,20 @@ def test_kl_helper_is_consistent_with_run():
     result = run(make_rule("onpo", GAME), GAME, START, 100, nash=NASH)
     assert result.kl_to_nash == pytest.approx(kl_divergence(NASH, result.policy))
     assert result.duality_gap == pytest.approx(duality_gap(GAME, result.policy))
+
+
+@pytest.mark.parametrize("tau", [0.2, 0.05])
+def test_mmd_converges_to_the_logit_equilibrium(tau):
+    """Magnetic mirror descent with the uniform magnet: last iterate → π ∝ exp(a_π/τ) (Sokota et al.)."""
+    result = run(make_rule("mmd", GAME, tau=tau), GAME, START, 20_000)
+    uniform = np.full((1, 3), np.log(1 / 3))
+    residual = fixed_point_residual(np.log(result.policy), uniform, advantage(GAME, result.policy), tau)
+    assert residual < 1e-9
+    np.testing.assert_allclose(result.policy, regularized_nash(GAME, np.full(3, 1 / 3), tau).policy, atol=1e-8)
+
+
+def test_ipo_converges_to_the_regularised_nash_of_its_fixed_reference():
+    """Online IPO with a step small enough to contract: π = softmax(log μ + η a_π), i.e. π*_{1/η}(μ)."""
+    rule = make_rule("ipo", GAME, eta=2.0)
+    result = run(rule, GAME, START, 2_000)
+    np.testing.assert_allclose(result.policy, regularized_nash(GAME, START, 1 / rule.eta).policy, atol=1e-8)
