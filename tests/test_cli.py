@@ -148,3 +148,13 @@ def test_demo_in_worker_processes_prints_the_table(tmp_path):
                    "--samples", 16, "--algorithms", "comal", "--workers", 1)
     assert again.exit_code == 2 and "another configuration" in again.stderr
     assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_run_with_sampled_advantages_is_seeded_and_noisier(paper_file):
+    """--samples K: the sampled rule with perfect fits; the same seed gives the same run."""
+    args = ("game", "run", paper_file, "-a", "onpo", "-T", 300, "--samples", 64, "--seed", 4, "--json")
+    first, second = (json.loads(invoke(*args).stdout) for _ in range(2))
+    exact = json.loads(invoke("game", "run", paper_file, "-a", "onpo", "-T", 300, "--json").stdout)
+    assert first == second and first["duality_gap"] > exact["duality_gap"]
+    refused = invoke("game", "run", paper_file, "--samples", 1)
+    assert refused.exit_code == 2 and "--samples must be at least 2" in refused.stderr

@@ -134,3 +134,20 @@ def test_load_errors_are_clear(tmp_path):
     (tmp_path / "g.json").write_text("[[0.5, 0.5],")
     with pytest.raises(GameError, match="cannot be read as a json"):
         load_game(tmp_path / "g.json")
+
+
+def test_sampled_advantage_is_unbiased_per_draw_and_zero_for_responses_not_drawn():
+    """The estimate the LLM loop makes for a draw (its mean win rate against the other draws − 1/2)
+    has the exact advantage as its mean over draws; a response not drawn gets 0."""
+    from comal.games import advantage, sampled_advantage
+
+    game = random_intransitive(5, seed=3)
+    policy = np.array([[0.4, 0.3, 0.2, 0.09, 0.01]])
+    estimates, replay = np.random.default_rng(0), np.random.default_rng(0)  # the same draws, twice
+    rounds = [(sampled_advantage(game, policy, 50, estimates), replay.multinomial(50, policy[0] / policy[0].sum()))
+              for _ in range(20_000)]
+    estimate = np.stack([a[0] for a, _ in rounds])
+    counts = np.stack([c for _, c in rounds])
+    per_draw = (estimate * counts).sum(0) / counts.sum(0)
+    np.testing.assert_allclose(per_draw, advantage(game, policy)[0], atol=2e-3)
+    assert np.all(estimate[counts == 0] == 0)

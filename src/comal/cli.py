@@ -86,7 +86,9 @@ def run_command(
     tau: Optional[float] = typer.Option(None, help="KL regularisation τ toward the reference μ"),
     inner: Optional[str] = typer.Option(None, help="comal only: inner rule (extragradient, inpo, nash-md, mpo)"),
     init: str = typer.Option("uniform", help="'uniform', 'random' (Dirichlet, --seed) or weights a,b,c"),
-    seed: int = typer.Option(0, help="seed of --init random"),
+    seed: int = typer.Option(0, help="seed of --init random and of --samples"),
+    samples: Optional[int] = typer.Option(None, help="estimate every advantage from this many draws per prompt, "
+                                                     "as the LLM loop does (the sampled rule with perfect fits)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ):
     """Run one update rule and report its last iterate against the exact Nash."""
@@ -94,10 +96,12 @@ def run_command(
     start = initial_policy(init, game.shape[-1], seed=seed)
     if inner is not None and algorithm != "comal":
         raise ValueError("--inner applies to --algorithm comal only")
+    if samples is not None and samples < 2:
+        raise ValueError("--samples must be at least 2: an advantage compares a draw with the others")
     given = {key: value for key, value in {"eta": eta, "tau": tau, "inner": inner}.items() if value is not None}
     rule = make_rule(algorithm, game, **given)
     with _progress(max(iterations, 0), f"{algorithm}") as progress:
-        result = run(rule, game, start, iterations, nash=nash_lp(game),
+        result = run(rule, game, start, iterations, nash=nash_lp(game), samples=samples, seed=seed,
                      on_step=lambda t: progress.update(progress.task_ids[0], completed=t))
     if as_json:
         print(json.dumps(result.to_json()))

@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from comal.games import gap_from_advantage, kl_divergence, win_rates
+from comal.games import gap_from_advantage, kl_divergence, sampled_advantage, win_rates
 from comal.rules import CURRENT, REFERENCE, Rule
 
 THRESHOLDS = (1e-3, 1e-6)
@@ -68,16 +68,26 @@ def initial_policy(init: str | np.ndarray | None, n: int, *, seed: int = 0) -> n
 
 def run(rule: Rule, game: np.ndarray, init: np.ndarray, iterations: int, *,
         nash: np.ndarray | None = None, until: float | None = None, points: int = 200,
-        keep_trajectory: bool = False, on_step: Callable[[int], None] | None = None) -> RunResult:
+        keep_trajectory: bool = False, on_step: Callable[[int], None] | None = None,
+        samples: int | None = None, seed: int = 0) -> RunResult:
     """Run ``rule`` for ``iterations`` steps from ``init`` and record the last iterate.
 
     The gap of π_t comes free from the advantage the step computes; it is checked against
     :data:`THRESHOLDS` at every iteration, and stored at ``points`` iterations spread over the
     run (and at the end). With ``until``, the run stops at the first iterate whose gap is at most
-    ``until`` and returns that iterate.
+    ``until`` and returns that iterate. With ``samples``, every advantage the rule uses is
+    estimated from that many draws of its policy per prompt (seeded by ``seed``), as the LLM loop
+    estimates it (:func:`comal.games.sampled_advantage`): the sampled rule with perfect fits.
     """
     if iterations < 0:
         raise ValueError(f"iterations must be ≥ 0, got {iterations}")
+    estimate = None
+    if samples is not None:
+        rng = np.random.default_rng(seed)
+
+        def estimate(game: np.ndarray, policy: np.ndarray) -> np.ndarray:
+            return sampled_advantage(game, policy, samples, rng)
+
     state = rule.init(np.log(np.broadcast_to(init, game.shape[:2])))
     recorded = record_points(iterations, points)
     result = RunResult(rule.name, np.empty(0), np.nan, None, steps_to={t: None for t in THRESHOLDS})
@@ -100,9 +110,9 @@ def run(rule: Rule, game: np.ndarray, init: np.ndarray, iterations: int, *,
         result.history.append({"iteration": t, "duality_gap": gap, "kl_to_nash": kl})
 
     for t in range(iterations):
-        next_state, advantages = rule.update(game, state)
+        next_state, advantages = rule.update(game, state, estimate)
         policy = np.exp(state.policies[CURRENT])
-        gap = measure(t, policy, advantages.get(CURRENT))
+        gap = measure(t, policy, None if estimate else advantages.get(CURRENT))
         stopped = until is not None and gap <= until
         if t in recorded or stopped:
             record(t, policy, gap)

@@ -17,6 +17,7 @@ from comal.games.measures import (
     duality_gap,
     gap_from_advantage,
     kl_divergence,
+    sampled_advantage,
     win_rates,
 )
 from comal.games.nash import (
@@ -33,5 +34,5 @@ __all__ = [
     "GENERATORS", "GameError", "RegularizedNash", "advantage", "as_game", "best_response_win_rate",
     "bradley_terry", "bradley_terry_cyclic", "duality_gap", "fixed_point_residual",
     "gap_from_advantage", "interior_nash", "kl_divergence", "load_game", "nash_lp", "paper_3x3", "payoff_scale",
-    "random_intransitive", "regularized_nash", "rotation_speed", "win_rates",
+    "random_intransitive", "regularized_nash", "rotation_speed", "sampled_advantage", "win_rates",
 ]

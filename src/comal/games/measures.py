@@ -20,6 +20,16 @@ def advantage(game: np.ndarray, policy: np.ndarray) -> np.ndarray:
     return win_rates(game, policy) - 0.5
 
 
+def sampled_advantage(game: np.ndarray, policy: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
+    """``a_π`` as the LLM loop estimates it from ``samples`` draws of ``π`` per prompt: for each drawn
+    response, its mean win rate against the *other* draws minus 1/2 (``comal.llm.pairs``); a response
+    not drawn gets 0, the policy's mean advantage (``E_π[a_π] = 0``)."""
+    policy = np.broadcast_to(policy, game.shape[:2])
+    counts = np.stack([rng.multinomial(samples, row / row.sum()) for row in policy]).astype(np.float64)
+    estimate = (np.matmul(game, counts[..., None])[..., 0] - 0.5) / (samples - 1) - 0.5
+    return np.where(counts > 0, estimate, 0.0)
+
+
 def gap_from_advantage(advantages: np.ndarray) -> np.ndarray:
     """Per-prompt duality gap ``2 · max_y a_π(y)`` from precomputed advantages."""
     return 2.0 * advantages.max(axis=-1)

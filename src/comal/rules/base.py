@@ -109,10 +109,11 @@ class Rule(ABC):
         log_policy = log_softmax(np.asarray(log_policy, dtype=np.float64), axis=-1)
         return State({name: log_policy for name in self.keeps})
 
-    def update(self, game: np.ndarray, state: State) -> tuple[State, dict[str, np.ndarray]]:
-        """One iteration; returns the new state and the advantages it used (keyed by policy)."""
+    def update(self, game: np.ndarray, state: State, estimate=None) -> tuple[State, dict[str, np.ndarray]]:
+        """One iteration; returns the new state and the advantages it used (keyed by policy).
+        ``estimate(game, policy)`` replaces the exact advantage (see :class:`AdvantageCache`)."""
         policies = dict(state.policies)
-        advantages = AdvantageCache(game, policies)
+        advantages = AdvantageCache(game, policies, estimate)
         moved = REFERENCE in policies and self.reference_due(state, advantages)
         if moved:
             policies[REFERENCE] = policies[CURRENT]
@@ -121,14 +122,16 @@ class Rule(ABC):
 
 
 class AdvantageCache(Mapping):
-    """Advantages of the named policies in a live dict, each computed once (one mat-vec) on first use."""
+    """Advantages of the named policies in a live dict, each computed once (one mat-vec) on first use,
+    exactly or by ``estimate(game, policy)`` (sampling noise, as the LLM loop sees it)."""
 
-    def __init__(self, game: np.ndarray, policies: Mapping[str, np.ndarray]):
+    def __init__(self, game: np.ndarray, policies: Mapping[str, np.ndarray], estimate=None):
         self.game, self.policies, self.computed = game, policies, {}
+        self.estimate = estimate or advantage
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self.computed:
-            self.computed[name] = advantage(self.game, np.exp(self.policies[name]))
+            self.computed[name] = self.estimate(self.game, np.exp(self.policies[name]))
         return self.computed[name]
 
     def __iter__(self):
