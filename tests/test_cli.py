@@ -125,6 +125,7 @@ def test_console_script_exit_code(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--algorithms", "comal,dpo"], "unknown dpo"),
+    (["--algorithms", ""], "unknown (none given)"),
     (["--tokens", "9"], "2–8 tokens"),
     (["--samples", "1"], "--samples: Input should be greater than or equal to 2"),
     (["--iterations", "0"], "--iterations: Input should be greater than or equal to 1"),
@@ -137,12 +138,15 @@ def test_demo_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
 
 def test_demo_in_worker_processes_prints_the_table(tmp_path):
     out = tmp_path / "demo"
-    result = invoke("demo", "--out", out, "--tokens", 2, "--length", 1, "--prompts", 1, "--iterations", 1,
-                    "--samples", 8, "--algorithms", "comal,sppo", "--workers", 2)
+    result = invoke("demo", "--out", out, "--tokens", 2, "--length", 1, "--prompts", 1, "--iterations", 2,
+                    "--samples", 8, "--algorithms", "comal,extragradient", "--workers", 2)
     assert result.exit_code == 0, result.output
-    assert "final gap" in result.stdout and "sppo" in result.stdout
+    assert "final gap" in result.stdout and "extragradient" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["algorithms"]) == {"comal", "sppo"} and summary["responses"] == ["a", "b"]
+    assert set(summary["algorithms"]) == {"comal", "extragradient"} and summary["responses"] == ["a", "b"]
+    comal, mirror_prox = summary["algorithms"]["comal"], summary["algorithms"]["extragradient"]
+    assert comal["samples_drawn"] == mirror_prox["samples_drawn"] == 2 * 8  # the same budget for both
+    assert len(comal["history"]["duality_gap"]) == 3 and len(mirror_prox["history"]["duality_gap"]) == 2
     # a rerun with other settings in the same folder would mix runs: refused, the summary kept
     again = invoke("demo", "--out", out, "--tokens", 2, "--length", 1, "--prompts", 1, "--iterations", 1,
                    "--samples", 16, "--algorithms", "comal", "--workers", 1)

@@ -201,8 +201,9 @@ def _open_run(run_dir: Path):
 def demo_command(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="demo folder (a rerun resumes it)"),
     seed: int = typer.Option(0, help="seed of the start network, sampling and training"),
-    iterations: int = typer.Option(50, help="iterations of every algorithm"),
-    samples: int = typer.Option(16384, help="responses sampled per prompt and iteration"),
+    iterations: int = typer.Option(50, help="rounds of sampling per algorithm (a rule that samples twice an "
+                                            "iteration runs half as many iterations: the same samples for all)"),
+    samples: int = typer.Option(16384, help="responses sampled per prompt and round"),
     algorithms: str = typer.Option(",".join(DEFAULT_ALGORITHMS),
                                    help=f"comma-separated, any of: {', '.join(RULES)} (settings in the README)"),
     workers: int = typer.Option(2, help="algorithms run at once, one process and CPU thread each"),
@@ -229,16 +230,16 @@ def demo_command(
         raise ValueError(f"--{option}: {first['msg']}") from None
     settings.testbed()  # a bad testbed is refused before anything starts
     _say(f"testbed: {prompts} prompts × {tokens ** length} responses; {len(chosen)} algorithms × {iterations} "
-         f"iterations × {samples} samples per prompt, {workers} at a time → {out}/")
+         f"rounds × {samples} samples per prompt, {workers} at a time → {out}/")
     with _progress(len(chosen) * iterations, "demo") as progress:
         done: dict[str, int] = {}
 
-        def report(algorithm: str, t: int, gap: float) -> None:
-            done[algorithm] = t
+        def report(algorithm: str, rounds: int, gap: float) -> None:
+            done[algorithm] = rounds
             progress.update(progress.task_ids[0], completed=sum(done.values()),
-                            description=f"{algorithm} iteration {t}: gap {gap:.3f}")
-            if not sys.stderr.isatty() and (t % 10 == 0 or t == iterations):
-                _say(f"{algorithm}: iteration {t}/{iterations}, exact gap {gap:.4f}")
+                            description=f"{algorithm} round {rounds}: gap {gap:.3f}")
+            if not sys.stderr.isatty() and (rounds % 10 == 0 or rounds == iterations):
+                _say(f"{algorithm}: round {rounds}/{iterations}, exact gap {gap:.4f}")
 
         summary = run_demo(settings, out, workers=workers, report=report)
     table = Table("algorithm", "η", "ητ", "K", "samples drawn", "start gap", "final gap", "best gap",

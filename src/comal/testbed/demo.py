@@ -1,10 +1,10 @@
 """``comal demo``: every algorithm through the real LLM pipeline on the testbed, scored exactly.
 
 Each algorithm (any rule of :data:`comal.rules.RULES`) gets the same testbed, start network and
-``samples_per_prompt`` responses per prompt in every round of sampling, for ``iterations``
-iterations (a rule that samples two policies per iteration draws twice as many: the summary
-records ``samples_drawn``), and runs the ordinary loop of :mod:`comal.llm.loop` in its own run
-folder (resumable). After every iteration the exact distribution of the network is enumerated and its
+budget of samples: ``samples_per_prompt`` responses per prompt in every round of sampling and
+``iterations`` rounds, so a rule that samples two policies an iteration (mirror-prox, COMAL with
+it as inner rule, Nash-MD) runs half as many iterations; the summary records ``samples_drawn``.
+Each runs the ordinary loop of :mod:`comal.llm.loop` in its own run folder (resumable). After every iteration the exact distribution of the network is enumerated and its
 duality gap, KL to the Nash and best-response win rate recorded. Algorithms run in parallel worker
 processes, one CPU thread each.
 
@@ -64,6 +64,10 @@ DEFAULT_ALGORITHMS = {
     "onpo": AlgorithmSettings(),
     "iter-ipo": AlgorithmSettings(),
     "sppo": AlgorithmSettings(),
+    "nash-md": AlgorithmSettings(),
+    "mpo": AlgorithmSettings(),
+    "extragradient": AlgorithmSettings(),
+    "mmd": AlgorithmSettings(),
 }
 assert set(DEFAULT_ALGORITHMS) <= set(RULES)
 
@@ -88,7 +92,7 @@ class DemoSettings(BaseModel):
     game_options: dict = Field(default_factory=lambda: {"rank": 2, "scale": 4.0})
     game_seed: int = 0
     seed: int = Field(0, description="start network, sampling and training")
-    iterations: int = Field(50, ge=1)
+    iterations: int = Field(50, ge=1, description="rounds of sampling per algorithm (iterations of a one-round rule)")
     samples_per_prompt: int = Field(16384, ge=2)
     epochs: int = Field(20, ge=1)
     learning_rate: float = Field(3e-3, gt=0)
@@ -110,12 +114,13 @@ class DemoSettings(BaseModel):
         from comal.llm.config import RunConfig
 
         rule = self.rule(algorithm, preference)
+        iterations = max(1, self.iterations // len(rule.sampled_policies()))  # the same samples for every rule
         parameters = {"eta": rule.eta, "tau_eta_ratio": rule.eta * rule.tau if rule.uses_tau else None,
                       "reference_period": getattr(rule, "period", None), "inner": getattr(rule, "inner", None),
                       "tolerance": getattr(rule, "tolerance", None)}
         return RunConfig.model_validate({
             "model": {"path": "testbed"}, "judge": {"path": "testbed"}, "prompts": str(prompts_file),
-            "algorithm": algorithm, "iterations": self.iterations, "rows": "soft",
+            "algorithm": algorithm, "iterations": iterations, "rows": "soft",
             **{key: value for key, value in parameters.items() if value is not None},
             "sampling": {"samples_per_prompt": self.samples_per_prompt, "max_new_tokens": self.length + 1,
                          "temperature": 1.0, "top_p": 1.0},  # sample π itself: â estimates a_π
@@ -126,7 +131,7 @@ class DemoSettings(BaseModel):
 
 def run_algorithm(algorithm: str, settings: DemoSettings, out: Path,
                   report: Callable[[str, int, float], None] | None = None) -> dict:
-    """Run one algorithm for ``settings.iterations`` iterations; its exact measures per iteration."""
+    """Run one algorithm for its share of the budget; its exact measures per iteration."""
     from dataclasses import asdict
 
     from comal.llm.loop import open_run
@@ -138,7 +143,7 @@ def run_algorithm(algorithm: str, settings: DemoSettings, out: Path,
                    tokenizer=testbed.tokenizer, load_model=ConstrainedLlama.from_pretrained)
     started = time.perf_counter()
     history = {name: [] for name in MEASURES}
-    for t in range(settings.iterations + 1):
+    for t in range(config.iterations + 1):
         if t > 0:
             run.iteration(t - 1)
         policy = testbed.exact_policy(ConstrainedLlama.from_pretrained(run.policy(t)))
@@ -146,11 +151,11 @@ def run_algorithm(algorithm: str, settings: DemoSettings, out: Path,
         for name in MEASURES:
             history[name].append(measured[name])
         if report is not None:
-            report(algorithm, t, measured["duality_gap"])
+            report(algorithm, t * len(run.rule.sampled_policies()), measured["duality_gap"])
     rounds = len(run.rule.sampled_policies())
     return {"rule": asdict(run.rule), "rounds_per_iteration": rounds,
-            "samples_drawn": settings.iterations * rounds * settings.samples_per_prompt,
-            "reference_moves": [t for t in range(settings.iterations) if run.reference_moved(t)],
+            "samples_drawn": config.iterations * rounds * settings.samples_per_prompt,
+            "reference_moves": [t for t in range(config.iterations) if run.reference_moved(t)],
             **{name: history[name][-1] for name in MEASURES},
             "history": history, "policy": policy.tolist(), "seconds": time.perf_counter() - started}
 
@@ -222,12 +227,16 @@ def plot_convergence(summary: dict, path: Path) -> None:
 
     titles = {"duality_gap": "exact duality gap", "kl_to_nash": "KL(π* ‖ π_t)",
               "best_response_win_rate": "best response's win rate"}
-    figure, axes = plt.subplots(1, 3, figsize=(14, 4))
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    per_round = summary["settings"]["samples_per_prompt"]
     for axis, measure in zip(axes, MEASURES):
-        for name, result in summary["algorithms"].items():
-            axis.plot(np.array(result["history"][measure], dtype=float), label=name, lw=2.2 if name == "comal" else 1.3)
+        for index, (name, result) in enumerate(summary["algorithms"].items()):
+            values = np.array(result["history"][measure], dtype=float)
+            drawn = np.arange(len(values)) * result["rounds_per_iteration"] * per_round / 1e3
+            axis.plot(drawn, values, label=name, lw=2.4 if name == "comal" else 1.2, color=f"C{index % 10}",
+                      ls="-" if name == "comal" or index < 10 else "--")
         axis.set_title(titles[measure])
-        axis.set_xlabel("iteration")
+        axis.set_xlabel("thousand samples drawn per prompt")
         if measure != "best_response_win_rate":
             axis.set_yscale("log")
         axis.grid(alpha=0.3)
