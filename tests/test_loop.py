@@ -262,3 +262,24 @@ def test_lora_training_saves_a_full_checkpoint(setup):
     changed = {name for name, p in trained.named_parameters()
                if not (p == dict(start.named_parameters())[name]).all()}
     assert changed and all("q_proj" in name or "v_proj" in name for name in changed)
+
+
+def test_cached_loader_reads_a_checkpoint_once_and_hands_out_copies(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from comal.llm.stages import cached_loader
+
+    tokenizer = tiny_tokenizer()
+    for name, seed in (("a", 0), ("b", 1)):
+        tiny_causal_lm(tokenizer, seed=seed).save_pretrained(tmp_path / name)
+    reads = []
+    load = cached_loader(lambda path: reads.append(path) or AutoModelForCausalLM.from_pretrained(path), size=1)
+    first = load(tmp_path / "a")
+    with torch.no_grad():
+        next(first.parameters()).add_(1.0)  # as training would
+    second = load(tmp_path / "a")
+    assert len(reads) == 1 and not torch.equal(next(first.parameters()), next(second.parameters()))
+    load(tmp_path / "b")
+    load(tmp_path / "a")  # evicted by b (size 1): read again
+    assert len(reads) == 3

@@ -60,6 +60,29 @@ def model_sampler(load_model: Callable[[Path], object], tokenizer, backend: str 
     return lambda policy, prompts, settings: sample(load_model(policy), tokenizer, prompts, settings)
 
 
+def cached_loader(load: Callable[[Path], object], size: int = 4) -> Callable[[Path], object]:
+    """``load`` that keeps the last ``size`` checkpoints it read in memory and hands out copies.
+
+    A finished checkpoint never changes, and an iteration reads each several times (its sampler,
+    the anchors, the start of a fit). Meant for small models: a large one would hold ``size`` copies.
+    """
+    import copy
+    from collections import OrderedDict
+
+    kept: OrderedDict[Path, object] = OrderedDict()
+
+    def cached(path: Path):
+        key = Path(path).resolve()
+        if key not in kept:
+            kept[key] = load(path)
+            if len(kept) > size:
+                kept.popitem(last=False)
+        kept.move_to_end(key)
+        return copy.deepcopy(kept[key])  # training changes the model it gets
+
+    return cached
+
+
 def sample_stage(out: Path, *, prompts: Sequence[str], policy: Path, settings: SamplingConfig,
                  sampler: Sampler) -> None:
     """k responses per prompt from ``policy``; ``counts`` weigh each (1 per drawn sample)."""

@@ -135,18 +135,20 @@ def run_algorithm(algorithm: str, settings: DemoSettings, out: Path,
     from dataclasses import asdict
 
     from comal.llm.loop import open_run
+    from comal.llm.stages import cached_loader
     from comal.testbed.space import ConstrainedLlama
 
     testbed = settings.testbed()
     config = settings.run_config(algorithm, out / "prompts.jsonl", testbed.preference)
+    load = cached_loader(ConstrainedLlama.from_pretrained)  # tiny models: each checkpoint is read from disk once
     run = open_run(config, out / algorithm, judge=testbed.judge(), model=testbed.initial_policy(settings.seed),
-                   tokenizer=testbed.tokenizer, load_model=ConstrainedLlama.from_pretrained)
+                   tokenizer=testbed.tokenizer, load_model=load)
     started = time.perf_counter()
     history = {name: [] for name in MEASURES}
     for t in range(config.iterations + 1):
         if t > 0:
             run.iteration(t - 1)
-        policy = testbed.exact_policy(ConstrainedLlama.from_pretrained(run.policy(t)))
+        policy = testbed.exact_policy(load(run.policy(t)))
         measured = testbed.measures(policy)
         for name in MEASURES:
             history[name].append(measured[name])
