@@ -1,9 +1,15 @@
-"""The demo on the default testbed for several seeds, plus ONPO at a larger step.
+"""Chosen settings of each rule through the real pipeline on the default testbed, for several seeds.
 
-Every run folder is the demo's own (resumable), so a rerun only recomputes what is missing.
-Prints the table of final exact gaps and saves ``benchmarks/results/testbed.json``.
+Every algorithm draws the same samples per prompt (``--rounds`` rounds of ``--samples``; a rule
+that samples twice an iteration runs half the iterations). Settings: each rule's best configuration
+in ``benchmarks/results/testbed_sweep.json`` (the sampled rule with perfect fits, 12
+configurations each), unless ``--comal`` overrides COMAL's. Run folders are the demo's own
+(resumable). Saves ``benchmarks/results/testbed.json``: per seed and algorithm the rule's
+parameters, samples drawn, the exact gap per iteration and the final exact policy; once the
+preference matrices and the LP Nash, so every gap can be recomputed without this project; and
+``testbed.png``, the exact gap of every run against samples drawn.
 
-    python benchmarks/testbed.py [--seeds 0 1 2] [--onpo-eta 2.0] [--runs runs]
+    python benchmarks/testbed.py --algorithms comal onpo extragradient mpo --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -15,46 +21,89 @@ from pathlib import Path
 
 import numpy as np
 
-from comal.testbed.demo import MEASURES, AlgorithmSettings, DemoSettings, run_demo
+from comal.testbed.demo import AlgorithmSettings, DemoSettings, run_demo
 
-RESULTS = Path(__file__).parent / "results" / "testbed.json"
+RESULTS = Path(__file__).parent / "results"
+
+
+def sweep_settings(name: str) -> AlgorithmSettings:
+    """The sweep's best configuration of ``name``, as the demo's settings."""
+    best = json.loads((RESULTS / "testbed_sweep.json").read_text())["best"][name]["parameters"]
+    eta = best.get("eta")
+    return AlgorithmSettings(eta=eta, tau_eta_ratio=eta * best["tau"] if "tau" in best else None,
+                             reference_period=best.get("period"), inner=best.get("inner"),
+                             tolerance=best.get("tolerance"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algorithms", nargs="+", default=["comal", "extragradient", "mpo", "onpo"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--onpo-eta", type=float, default=2.0, help="ONPO's step in the extra runs (0: none)")
+    parser.add_argument("--rounds", type=int, default=400, help="rounds of sampling per algorithm")
+    parser.add_argument("--samples", type=int, default=2048, help="samples per prompt and round")
+    parser.add_argument("--epochs", type=int, default=30, help="full-batch AdamW steps per fit")
+    parser.add_argument("--learning-rate", type=float, default=1e-2)
+    parser.add_argument("--comal", type=json.loads, default=None,
+                        help='COMAL\'s settings as JSON, e.g. \'{"eta": 2, "tau_eta_ratio": 0.1, "reference_period": 40, '
+                             '"inner": "extragradient", "tolerance": 0}\'')
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS / "testbed.json")
     args = parser.parse_args()
 
-    runs = {}
+    algorithms = {name: sweep_settings(name) for name in args.algorithms}
+    if args.comal is not None:
+        algorithms["comal"] = AlgorithmSettings(**args.comal)
+    runs, summary = {}, None
     for seed in args.seeds:
-        summary = run_demo(DemoSettings(seed=seed), args.runs / f"demo-seed{seed}", workers=args.workers)
-        runs[seed] = {name: {key: result[key] for key in (*MEASURES, "eta", "seconds")}
+        settings = DemoSettings(seed=seed, iterations=args.rounds, samples_per_prompt=args.samples, epochs=args.epochs,
+                                learning_rate=args.learning_rate, batch_size=1_000_000, algorithms=algorithms)
+        summary = run_demo(settings, args.runs / f"testbed-{args.rounds}x{args.samples}-seed{seed}",
+                           workers=args.workers)
+        runs[seed] = {name: {key: result[key] for key in ("rule", "samples_drawn", "reference_moves", "duality_gap",
+                                                          "kl_to_nash", "history", "policy", "seconds")}
                       for name, result in summary["algorithms"].items()}
-        runs[seed]["wall_seconds"] = summary["seconds"]
-        if args.onpo_eta:
-            extra = DemoSettings(seed=seed, algorithms={"onpo": AlgorithmSettings(eta=args.onpo_eta)})
-            result = run_demo(extra, args.runs / f"demo-onpo{args.onpo_eta:g}-seed{seed}", workers=1)
-            runs[seed][f"onpo η={args.onpo_eta:g}"] = {key: result["algorithms"]["onpo"][key]
-                                                        for key in (*MEASURES, "eta", "seconds")}
-    names = [name for name in runs[args.seeds[0]] if name != "wall_seconds"]
     table = {}
-    print(f"{'algorithm':<14}{'η':>7}" + "".join(f"{'seed ' + str(s):>10}" for s in args.seeds) + f"{'mean':>9}")
-    for name in names:
+    print(f"{'algorithm':<14}" + "".join(f"{'seed ' + str(s):>10}" for s in args.seeds) + f"{'mean':>9}")
+    for name in algorithms:
         gaps = [runs[seed][name]["duality_gap"] for seed in args.seeds]
-        table[name] = {"eta": runs[args.seeds[0]][name]["eta"], "final_gap": gaps, "mean": float(np.mean(gaps)),
-                       "kl_to_nash": [runs[seed][name]["kl_to_nash"] for seed in args.seeds]}
-        print(f"{name:<14}{table[name]['eta']:>7.3g}" + "".join(f"{g:>10.4f}" for g in gaps)
-              + f"{np.mean(gaps):>9.4f}")
-    lowest = all(min((runs[s][n]["duality_gap"], n) for n in names)[1] == "comal" for s in args.seeds)
-    print("comal lowest at every seed:", lowest)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
-                                   "settings": DemoSettings().model_dump(), "table": table, "runs": runs,
-                                   "comal_lowest_every_seed": lowest}, indent=1))
-    print(f"saved {RESULTS}")
+        table[name] = {"final_gap": gaps, "mean": float(np.mean(gaps)), "settings": algorithms[name].model_dump()}
+        print(f"{name:<14}" + "".join(f"{g:>10.4f}" for g in gaps) + f"{np.mean(gaps):>9.4f}")
+    lowest = {seed: min(runs[seed], key=lambda name: runs[seed][name]["duality_gap"]) for seed in args.seeds}
+    print("lowest per seed:", lowest)
+    args.out.write_text(json.dumps({
+        "machine": platform.processor() or platform.machine(), "rounds": args.rounds, "samples_per_round": args.samples,
+        "training": {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch": "full"},
+        "preference": summary["preference"], "nash": summary["nash"], "prompts": summary["prompts"],
+        "responses": summary["responses"], "table": table, "lowest_per_seed": lowest, "runs": runs}, indent=1))
+    plot(runs, args.samples, args.out.with_suffix(".png"))
+    print(f"saved {args.out} and its plot")
+
+
+def plot(runs: dict, samples: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 4.6))
+    names = list(next(iter(runs.values())))
+    for index, name in enumerate(names):
+        for k, seed in enumerate(runs):
+            result = runs[seed][name]
+            gaps = np.array(result["history"]["duality_gap"])
+            drawn = np.linspace(0, result["samples_drawn"], len(gaps)) / 1e3
+            axis.plot(drawn, gaps, color=f"C{index}", lw=2.2 if name == "comal" else 1.1, alpha=0.9,
+                      label=name if k == 0 else None)
+    axis.set_yscale("log")
+    axis.set_xlabel("thousand samples drawn per prompt")
+    axis.set_ylabel("exact duality gap of the network")
+    axis.set_title(f"Testbed, real pipeline, {samples:,} samples a round; seeds {', '.join(map(str, runs))}")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 if __name__ == "__main__":
