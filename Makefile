@@ -22,6 +22,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/tabular.py
 	$(BIN)/python benchmarks/random_games.py
 	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/testbed_sweep.py
 	$(BIN)/python benchmarks/testbed.py
 
 clean:
