@@ -34,7 +34,7 @@ from comal.llm.stages import (
     RoundEstimates, Sampler, judge_stage, load_prompts, logprobs_stage, model_sampler, pairs_stage, sample_stage,
     train_stage,
 )
-from comal.rules import CURRENT, REFERENCE, ProxStep, State, rows_policy
+from comal.rules import CURRENT, REFERENCE, ProxStep, State, heaviest_anchor, rows_policy
 
 __all__ = ["Components", "Run", "RunError", "load_prompts", "open_run"]
 
@@ -177,9 +177,7 @@ class Run:
 
     def fit_start(self, step: ProxStep, policies: dict[str, Path]) -> Path:
         """The fit starts from the policy it replaces, or (made this iteration) the heaviest anchor."""
-        if step.output in self.rule.keeps:
-            return policies[step.output]
-        return policies[max(step.anchor, key=lambda name: step.anchor[name])]
+        return policies[step.output if step.output in self.rule.keeps else heaviest_anchor(step)]
 
     def train(self, t: int, step: ProxStep, policies: dict[str, Path]) -> Path:
         pairs = self.folder.require(self.folder.fit(t, step.output, "pairs"), f"the rows of '{step.output}'")

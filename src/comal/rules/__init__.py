@@ -16,7 +16,9 @@ import pkgutil
 import numpy as np
 
 from comal.games import payoff_scale
-from comal.rules.base import CURRENT, REFERENCE, ProxStep, Rule, State, apply_prox_steps, rows_policy
+from comal.rules.base import (
+    CURRENT, REFERENCE, ProxStep, Rule, State, apply_prox_steps, heaviest_anchor, rows_policy,
+)
 
 SCALE_FLOOR = 1e-3  # a game with all payoffs below this is treated as this flat
 
@@ -51,5 +53,5 @@ def make_rule(name: str, game: np.ndarray | float, **overrides) -> Rule:
     return RULES[name].for_game(max(float(scale), SCALE_FLOOR), **overrides)
 
 
-__all__ = ["CURRENT", "REFERENCE", "RULES", "ProxStep", "Rule", "State", "apply_prox_steps", "inner_rules",
-           "make_rule", "rows_policy"]
+__all__ = ["CURRENT", "REFERENCE", "RULES", "ProxStep", "Rule", "State", "apply_prox_steps", "heaviest_anchor",
+           "inner_rules", "make_rule", "rows_policy"]

@@ -150,12 +150,15 @@ def apply_prox_steps(steps, policies: dict[str, np.ndarray], advantages: Advanta
         policies[step.output] = log_softmax(logits, axis=-1)
 
 
+def heaviest_anchor(step: ProxStep) -> str:
+    """The policy with the largest weight in ``step``'s anchor."""
+    return max(step.anchor, key=lambda name: step.anchor[name])
+
+
 def rows_policy(step: ProxStep) -> str:
     """The policy whose samples an LLM fit of ``step`` regresses on: the one whose advantage it uses,
     or for a pure mixture step (no advantage) its heaviest anchor."""
-    if step.advantage_of is not None:
-        return step.advantage_of
-    return max(step.anchor, key=lambda name: step.anchor[name])
+    return step.advantage_of if step.advantage_of is not None else heaviest_anchor(step)
 
 
 def check_period(name: str, period: int | None) -> None:
