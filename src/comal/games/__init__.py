@@ -13,6 +13,7 @@ from comal.games.generators import (
 )
 from comal.games.measures import (
     advantage,
+    advantage_from_draws,
     best_response_win_rate,
     duality_gap,
     gap_from_advantage,
@@ -31,7 +32,7 @@ from comal.games.nash import (
 from comal.games.validate import GameError, as_game, load_game
 
 __all__ = [
-    "GENERATORS", "GameError", "RegularizedNash", "advantage", "as_game", "best_response_win_rate",
+    "GENERATORS", "GameError", "RegularizedNash", "advantage", "advantage_from_draws", "as_game", "best_response_win_rate",
     "bradley_terry", "bradley_terry_cyclic", "duality_gap", "fixed_point_residual",
     "gap_from_advantage", "interior_nash", "kl_divergence", "load_game", "nash_lp", "paper_3x3", "payoff_scale",
     "random_intransitive", "regularized_nash", "rotation_speed", "sampled_advantage", "win_rates",

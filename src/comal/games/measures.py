@@ -20,14 +20,21 @@ def advantage(game: np.ndarray, policy: np.ndarray) -> np.ndarray:
     return win_rates(game, policy) - 0.5
 
 
+def advantage_from_draws(wins: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``â(y)`` of a drawn response: its mean win rate against the *other* draws minus 1/2,
+    ``(Σ_v counts[v] P(y ≻ v) − 1/2) / (k − 1) − 1/2`` with ``k = Σ counts`` (the draw itself, a tie
+    at 1/2, left out); unbiased per draw. ``wins [..., m, m]``, ``counts [..., m]``."""
+    counts = np.asarray(counts, dtype=np.float64)
+    return (np.matmul(wins, counts[..., None])[..., 0] - 0.5) / (counts.sum(-1, keepdims=True) - 1) - 0.5
+
+
 def sampled_advantage(game: np.ndarray, policy: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
-    """``a_π`` as the LLM loop estimates it from ``samples`` draws of ``π`` per prompt: for each drawn
-    response, its mean win rate against the *other* draws minus 1/2 (``comal.llm.pairs``); a response
-    not drawn gets 0, the policy's mean advantage (``E_π[a_π] = 0``)."""
+    """``a_π`` as the LLM loop estimates it from ``samples`` draws of ``π`` per prompt
+    (:func:`advantage_from_draws`, as ``comal.llm.pairs`` does); a response not drawn gets 0, the
+    policy's mean advantage (``E_π[a_π] = 0``)."""
     policy = np.broadcast_to(policy, game.shape[:2])
-    counts = np.stack([rng.multinomial(samples, row / row.sum()) for row in policy]).astype(np.float64)
-    estimate = (np.matmul(game, counts[..., None])[..., 0] - 0.5) / (samples - 1) - 0.5
-    return np.where(counts > 0, estimate, 0.0)
+    counts = np.stack([rng.multinomial(samples, row / row.sum()) for row in policy])
+    return np.where(counts > 0, advantage_from_draws(game, counts), 0.0)
 
 
 def gap_from_advantage(advantages: np.ndarray) -> np.ndarray:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from comal.games import advantage_from_draws
+
 
 @dataclass(frozen=True)
 class PairRow:
@@ -41,8 +43,7 @@ def _counts(wins: np.ndarray, counts) -> np.ndarray:
 
 def estimated_advantages(wins: np.ndarray, counts=None) -> np.ndarray:
     """``â(u)`` for each distinct response; ``counts`` default to one sample each."""
-    counts = _counts(wins, counts)
-    return (np.asarray(wins, dtype=np.float64) @ counts - 0.5) / (counts.sum() - 1) - 0.5
+    return advantage_from_draws(np.asarray(wins, dtype=np.float64), _counts(wins, counts))
 
 
 def soft_rows(wins: np.ndarray, counts=None) -> list[PairRow]:
