@@ -71,11 +71,11 @@ class Run:
         decision = self.folder.require(self.folder.reference(t), f"the reference decision of iteration {t}")
         return json.loads((decision / "decision.json").read_text())["moved"]
 
-    def _within(self, t: int, state: State, steps_done: int) -> dict[str, Path]:
-        """Checkpoints in iteration ``t`` from ``state``: μ moved if the rule decided so, then the
-        outputs of the first ``steps_done`` fits (``apply_prox_steps`` with checkpoints)."""
+    def _within(self, t: int, state: State, steps_done: int, moved: bool) -> dict[str, Path]:
+        """Checkpoints in iteration ``t`` from ``state``: μ moved if the rule decided so (``moved``),
+        then the outputs of the first ``steps_done`` fits (``apply_prox_steps`` with checkpoints)."""
         policies = dict(state.policies)
-        if self.reference_moved(t):
+        if moved:
             policies[REFERENCE] = policies[CURRENT]
         for step in self.steps[:steps_done]:
             policies[step.output] = self.folder.require(self.folder.model(t, step.output),
@@ -84,7 +84,7 @@ class Run:
 
     def policies(self, t: int, steps_done: int = 0) -> dict[str, Path]:
         """Checkpoint of every policy in iteration ``t`` after μ's move and ``steps_done`` of its fits."""
-        return self._within(t, self.state(t), steps_done)
+        return self._within(t, self.state(t), steps_done, self.reference_moved(t))
 
     def state(self, t: int) -> State:
         """The rule's state at the start of iteration ``t`` (policies as checkpoints), replayed from
@@ -92,7 +92,8 @@ class Run:
         known = max((s for s in self._states if s <= t), default=None)
         state = self._states[known] if known is not None else State({n: self.folder.start for n in self.rule.keeps})
         for s in range(known or 0, t):
-            state = self.rule.next_state(state, self._within(s, state, len(self.steps)), self.reference_moved(s))
+            moved = self.reference_moved(s)
+            state = self.rule.next_state(state, self._within(s, state, len(self.steps), moved), moved)
             self._states[s + 1] = state
         return state
 
