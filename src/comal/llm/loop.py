@@ -24,6 +24,7 @@ import json
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from comal.llm.config import RunConfig
@@ -107,8 +108,21 @@ class Run:
             raise RunError("this run was opened without its models; use open_run(config, folder)")
         return self.parts
 
+    @cached_property
+    def all_prompts(self) -> list[str]:
+        return load_prompts(self.config.prompts, self.config.prompt_field)
+
+    @cached_property
+    def judge_cache(self) -> JudgeCache:
+        """Every judgement of the run, read from disk once per run object and appended to as it grows."""
+        return JudgeCache(self.folder.judge_cache)
+
+    @cached_property
+    def eval_judge_cache(self) -> JudgeCache:
+        return JudgeCache(self.folder.eval_dir / "judge_cache.jsonl")
+
     def prompts(self, t: int) -> list[str]:
-        prompts = load_prompts(self.config.prompts, self.config.prompt_field)
+        prompts = self.all_prompts
         count = self.config.prompts_per_iteration
         if count:
             start = (t * count) % len(prompts)
@@ -124,7 +138,7 @@ class Run:
     def judge(self, t: int, name: str) -> Path:
         samples = self.folder.require(self.folder.round(t, name, "sample"), f"the samples of '{name}'")
         return write_atomically(self.folder.round(t, name, "judge"), lambda out: judge_stage(
-            out, samples=samples, judge=self._parts().judge, cache=JudgeCache(self.folder.judge_cache)))
+            out, samples=samples, judge=self._parts().judge, cache=self.judge_cache))
 
     def round_policies(self, t: int, name: str) -> dict[str, Path]:
         """The checkpoints as they stand when the rule first needs the round of ``name``."""
@@ -223,7 +237,7 @@ class Run:
 
         def write(out: Path):
             prompts = self.evaluation_prompts()
-            cache = JudgeCache(self.folder.eval_dir / "judge_cache.jsonl")
+            cache = self.eval_judge_cache
             new, start, previous = (self.responses(path, prompts)
                                     for path in (self.policy(t + 1), self.folder.start, self.policy(t)))
             judge = self._parts().judge
@@ -245,7 +259,7 @@ class Run:
                 names.append(f"iter {t + 1}")
                 paths.append(self.folder.model(t, CURRENT))
         responses = [self.responses(path, prompts) for path in paths]
-        matrix = win_matrix(self._parts().judge, prompts, responses, JudgeCache(self.folder.eval_dir / "judge_cache.jsonl"))
+        matrix = win_matrix(self._parts().judge, prompts, responses, self.eval_judge_cache)
         out = self.folder.eval_dir
         write_json(out / "win_matrix.json", {"checkpoints": names, "win_rate": matrix.tolist(),
                                              "mean_length": [mean_length(r) for r in responses]})
