@@ -2,7 +2,7 @@
 
 Every algorithm draws the same samples per prompt (``--rounds`` rounds of ``--samples``; a rule
 that samples twice an iteration runs half the iterations). Settings: each rule's best configuration
-in ``benchmarks/results/testbed_sweep.json`` (the sampled rule with perfect fits, 12
+in ``benchmarks/results/testbed_sweep.json`` (the sampled rule with perfect fits, 36
 configurations each), unless ``--comal`` overrides COMAL's. Run folders are the demo's own
 (resumable). Saves ``benchmarks/results/testbed.json``: per seed and algorithm the rule's
 parameters, samples drawn, the exact gap per iteration and the final exact policy; once the
@@ -32,7 +32,7 @@ def sweep_settings(name: str) -> AlgorithmSettings:
     eta = best.get("eta")
     return AlgorithmSettings(eta=eta, tau_eta_ratio=eta * best["tau"] if "tau" in best else None,
                              reference_period=best.get("period"), inner=best.get("inner"),
-                             tolerance=best.get("tolerance"))
+                             tolerance=best.get("tolerance"), eta_final=best.get("eta_final"))
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-2)
     parser.add_argument("--comal", type=json.loads, default=None,
                         help='COMAL\'s settings as JSON, e.g. \'{"eta": 2, "tau_eta_ratio": 0.1, "reference_period": 40, '
-                             '"inner": "extragradient", "tolerance": 0}\'')
+                             '"inner": "onpo", "tolerance": 0, "eta_final": 0.33}\'')
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "testbed.json")

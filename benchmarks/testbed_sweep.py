@@ -2,7 +2,8 @@
 
 The sampled rule with perfect fits (``comal.tabular.run(samples=k)``: every advantage estimated
 from k draws per prompt exactly as the LLM loop estimates it, each step applied exactly): seconds a
-run, so each rule gets the same effort, 12 configurations of its own parameters, each from the
+run, so each rule gets the same effort: 12 configurations of its own parameters, each with η
+constant or decaying geometrically to η/4 or η/12 over the run (ητ held), 36 in all, each from the
 start network of seeds 0, 1 and 2 with sampling seeded the same way. A rule that samples two
 policies an iteration (mirror-prox, COMAL with it, Nash-MD) gets half the iterations. Every run is
 saved; the table prints each rule's best configuration by mean final gap (last iterate).
@@ -29,8 +30,18 @@ RESULTS = Path(__file__).parent / "results" / "testbed_sweep.json"
 SEEDS = (0, 1, 2)
 
 
+ETA_DECAYS = (None, 4, 12)  # η constant, or η_final = η/4, η/12
+
+
 def grid(name: str, scale: float) -> list[dict]:
-    """12 configurations per rule, on the parameters the rule has, around its defaults for the game."""
+    """36 configurations per rule: 12 of the parameters the rule has, around its defaults for the
+    game, each under every η schedule of :data:`ETA_DECAYS`."""
+    return [{**parameters, "eta_final": None if decay is None else parameters["eta"] / decay}
+            for parameters in rule_grid(name, scale) for decay in ETA_DECAYS]
+
+
+def rule_grid(name: str, scale: float) -> list[dict]:
+    """12 configurations of the parameters the rule has, around its defaults for the game."""
     step = [f / scale for f in (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)]
     if name in ("mwu", "sppo", "iter-ipo", "ipo", "onpo"):
         return [{"eta": eta} for eta in step]
@@ -44,10 +55,10 @@ def grid(name: str, scale: float) -> list[dict]:
     if name == "mpo":
         return [{"eta": eta, "tau": tau, "period": period} for eta, tau, period in itertools.product(
             (1 / scale, 4 / scale), (scale / 10, scale), (10, 40, 100))]
-    if name == "comal":  # the tabular default's inner rule (mirror-prox), μ moved by the period
-        return [{"inner": "extragradient", "tolerance": 0.0, "eta": eta, "tau": tau, "period": period}
-                for eta, tau, period in itertools.product((1 / scale, 2 / scale), (scale / 100, scale / 30, scale / 10),
-                                                          (10, 40))]
+    if name == "comal":  # mirror-prox or optimistic inner steps; μ moved every K ≈ 2/(ητ) steps (by the period)
+        return [{"inner": inner, "tolerance": 0.0, "eta": eta, "tau": ratio / eta, "period": round(2 / ratio)}
+                for inner, eta, ratio in itertools.product(("extragradient", "onpo"), (1 / scale, 2 / scale),
+                                                           (0.015, 0.03, 0.1))]
     raise ValueError(f"no sweep grid for '{name}': add one here")
 
 
@@ -56,10 +67,12 @@ def one_run(job) -> dict:
     settings = DemoSettings(seed=seed)
     testbed = settings.testbed()
     start = testbed.exact_policy(testbed.initial_policy(seed))
-    rule = make_rule(name, testbed.preference, **parameters)
+    rule_parameters = {key: value for key, value in parameters.items() if key != "eta_final"}
+    rule = make_rule(name, testbed.preference, **rule_parameters)
     rounds = len(rule.sampled_policies())
     iterations = budget // (samples * rounds)
-    result = run(rule, testbed.preference, start, iterations, samples=samples, seed=seed, points=50)
+    result = run(rule, testbed.preference, start, iterations, samples=samples, seed=seed, points=50,
+                 eta_final=parameters["eta_final"])
     return {"algorithm": name, "parameters": parameters, "seed": seed, "iterations": iterations,
             "samples_drawn": iterations * rounds * samples, "duality_gap": result.duality_gap,
             "gap_history": [[h["iteration"], h["duality_gap"]] for h in result.history]}
@@ -83,14 +96,14 @@ def main() -> None:
             configurations.setdefault(json.dumps(entry["parameters"], sort_keys=True), []).append(entry["duality_gap"])
         key, gaps = min(configurations.items(), key=lambda item: np.mean(item[1]))
         best[name] = {"parameters": json.loads(key), "final_gap": gaps, "mean": float(np.mean(gaps))}
-    print(f"budget {args.budget:,} samples per prompt, {args.samples:,} per round; best of 12 configurations each")
+    print(f"budget {args.budget:,} samples per prompt, {args.samples:,} per round; best of 36 configurations each")
     for name, entry in sorted(best.items(), key=lambda item: item[1]["mean"]):
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in entry["parameters"].items()}
         print(f"{name:<14}{entry['mean']:>8.4f}  {np.round(entry['final_gap'], 4).tolist()}  {shown}")
     lowest = min(best, key=lambda name: best[name]["mean"])
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({"budget": args.budget, "samples_per_round": args.samples, "payoff_scale": scale,
-                                   "seeds": SEEDS, "best": best, "lowest": lowest, "runs": runs}, indent=1))
+                                   "seeds": SEEDS, "best": best, "lowest": lowest, "runs": runs}))
     print(f"lowest mean: {lowest}; saved {RESULTS}")
 
 

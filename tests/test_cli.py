@@ -65,6 +65,9 @@ def test_comal_inner_rule_from_the_cli(paper_file):
     result = invoke("game", "run", paper_file, "-a", "comal", "--inner", "inpo", "-T", 20000, "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["duality_gap"] < 1e-6
     assert invoke("game", "run", paper_file, "-a", "onpo", "--inner", "inpo").exit_code == 2
+    result = invoke("game", "run", paper_file, "-a", "comal", "--inner", "onpo", "--eta-final", 0.3, "--samples", 256,
+                    "-T", 400, "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["duality_gap"] < 0.1
 
 
 def test_run_table_reports_steps_to_thresholds(paper_file):
@@ -80,6 +83,7 @@ def test_run_table_reports_steps_to_thresholds(paper_file):
     (["game", "run", "{paper}", "--init", "1,2"], "init has 2 weights"),
     (["game", "run", "{paper}", "--init", "0,1,1"], "must be positive"),
     (["game", "run", "{paper}", "--eta", "-1"], "eta must be a positive"),
+    (["game", "run", "{paper}", "--eta-final", "0"], "eta_final must be a positive"),
     (["game", "run", "{paper}", "-T", "-5"], "iterations must be ≥ 0"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, paper_file, args, message):

@@ -153,10 +153,10 @@ def test_bad_inputs_are_clear(setup, tmp_path):
     ({"algorithm": "dpo"}, "unknown algorithm 'dpo'; DPO's minimiser is a Bradley-Terry fit"),
     ({"algorithm": "nope"}, "unknown algorithm 'nope'; choose one of: comal"),
     ({"algorithm": "sppo", "rows": "hard"}, "sppo's loss is pointwise"),
-    ({"algorithm": "onpo", "tau_eta_ratio": 0.5}, "'tau_eta_ratio' does not apply to onpo"),
+    ({"algorithm": "iter-ipo", "tau_eta_ratio": 0.5}, "'tau_eta_ratio' does not apply to iter-ipo"),
     ({"algorithm": "inpo", "reference_period": 3}, "'reference_period' does not apply to inpo"),
     ({"algorithm": "mpo", "inner": "inpo"}, "'inner' does not apply to mpo"),
-    ({"inner": "onpo"}, "unknown inner rule 'onpo'"),
+    ({"inner": "sppo"}, "unknown inner rule 'sppo'"),
     ({"algorithm": "inpo", "eta": 4.0, "tau_eta_ratio": 1.0}, None),
     ({"algorithm": "inpo", "tau_eta_ratio": 0.5, "eta": None}, "'tau_eta_ratio' needs 'eta'"),
 ])

@@ -5,7 +5,7 @@ The testbed's exact sampler returns every response with its expected count under
 (the limit of infinitely many samples), so the pairs stage's advantages are exact and the loss is
 the population loss; what remains between the two trajectories is how well each fit of the
 network reaches its step's target. The tabular run starts from the network's exact start policy
-and applies ``rule.update`` with the same rule object the loop executes.
+and applies ``rule.update`` with the same rule objects the loop executes (``config.rule_at(t)``).
 
 Tolerances, at every iteration: 0.01 on the exact duality gap and 0.02 in total variation between
 the network's policy and the tabular one. The fits (60 full-batch Adam steps from the policy they
@@ -35,6 +35,10 @@ TESTBED = dict(tokens=3, length=2, prompts=1, game_seed=1)  # 9 responses; the L
 CASES = {name: AlgorithmSettings() for name in RULES}
 CASES["comal (residual test)"] = AlgorithmSettings(tau_eta_ratio=1.0, tolerance=0.25)  # η = 1/L, τ = L
 CASES["mpo (period 2)"] = AlgorithmSettings(reference_period=2)
+# COMAL with optimistic inner steps (one round of samples an iteration, three kept policies) and η
+# annealed from 2 to 0.5: each iteration's fits must use that iteration's η and τ
+CASES["comal (onpo inner, eta annealed)"] = AlgorithmSettings(inner="onpo", eta=2.0, tau_eta_ratio=0.1, eta_final=0.5,
+                                                              reference_period=2, tolerance=0.0)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -59,7 +63,7 @@ def test_exact_advantages_make_the_loop_follow_the_tabular_rule(case, tmp_path):
         distances.append(0.5 * np.abs(network - tabular).sum(-1).max())
         if t < ITERATIONS:
             run.iteration(t)
-            following, _ = rule.update(game, state)
+            following, _ = run.config.rule_at(t).update(game, state)
             if following.reference_updates > state.reference_updates:
                 tabular_moves.append(t)
             state = following

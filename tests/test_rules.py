@@ -29,7 +29,7 @@ def test_mwu_kl_to_nash_grows_for_any_step(eta):
     assert result.history[-1]["kl_to_nash"] > result.history[0]["kl_to_nash"]
 
 
-@pytest.mark.parametrize("name", ["inpo", "mpo"])
+@pytest.mark.parametrize("name", ["inpo", "mpo", "onpo", "extragradient"])
 @pytest.mark.parametrize("tau", [0.1, 0.03, 0.01])
 def test_regularised_rules_converge_to_the_regularised_nash(name, tau):
     rule = make_rule(name, GAME, tau=tau, **({"period": None} if name == "mpo" else {}))
@@ -59,12 +59,30 @@ def test_convergent_rules_reach_the_nash(name):
     np.testing.assert_allclose(result.policy, NASH, atol=1e-5)
 
 
-@pytest.mark.parametrize("inner", ["inpo", "extragradient", "mpo"])
+@pytest.mark.parametrize("inner", ["inpo", "extragradient", "mpo", "onpo"])
 def test_comal_reaches_the_exact_nash_with_every_inner_rule(inner):
     result = run(make_rule("comal", GAME, inner=inner), GAME, START, 20_000, nash=NASH)
     assert result.duality_gap < 1e-6
     kls = np.array(result.reference_kl)
     assert len(kls) > 3 and np.all(np.diff(kls) <= 1e-12)
+
+
+def test_optimistic_inner_steps_match_mirror_prox_at_half_the_advantages():
+    """COMAL's two fast inner rules reach 1e-6 in about as many steps on the 3×3 game; ONPO's step
+    evaluates one advantage (one round of samples in the LLM loop), mirror-prox's two."""
+    steps = {inner: run(make_rule("comal", GAME, inner=inner), GAME, START, 5_000, until=1e-6).steps_to[1e-6]
+             for inner in ("extragradient", "onpo")}
+    assert steps["onpo"] <= 1.5 * steps["extragradient"]
+    assert [make_rule("comal", GAME, inner=inner).advantage_evaluations() for inner in ("extragradient", "onpo")] == [2, 1]
+
+
+def test_annealed_rule_decays_eta_geometrically_and_holds_eta_tau():
+    rule = make_rule("comal", GAME, inner="onpo", eta=4.0, tau=0.01)
+    assert rule.annealed(0.3, None) is rule
+    first, middle, last = (rule.annealed(f, 0.25) for f in (0.0, 0.5, 1.0))
+    assert (first.eta, middle.eta, last.eta) == pytest.approx((4.0, 1.0, 0.25))
+    assert [r.eta * r.tau for r in (first, middle, last)] == pytest.approx([0.04] * 3)
+    assert (last.inner, last.period, last.tolerance) == (rule.inner, rule.period, rule.tolerance)
 
 
 def test_comal_with_period_only_is_inpo_with_a_moving_reference():
@@ -154,3 +172,18 @@ def test_ipo_converges_to_the_regularised_nash_of_its_fixed_reference():
     rule = make_rule("ipo", GAME, eta=2.0)
     result = run(rule, GAME, START, 2_000)
     np.testing.assert_allclose(result.policy, regularized_nash(GAME, START, 1 / rule.eta).policy, atol=1e-8)
+
+
+@pytest.mark.parametrize("eta_final", [0.0, -1.0, float("nan"), float("inf")])
+def test_annealing_to_a_bad_eta_is_refused(eta_final):
+    with pytest.raises(ValueError, match="eta_final must be a positive finite number"):
+        make_rule("onpo", GAME).annealed(1.0, eta_final)
+
+
+def test_annealed_sampled_run_ends_nearer_the_nash_than_a_constant_step():
+    """Under sampling noise a constant η leaves the last iterate a noise floor; the same rule with η
+    decaying (ητ held) ends lower on the 3×3 game (means over 4 seeds)."""
+    rule = make_rule("comal", GAME, inner="onpo", eta=2.5, tau=0.004, period=50, tolerance=0.0)  # η = 1/L
+    gaps = {final: np.mean([run(rule, GAME, START, 400, samples=256, seed=s, eta_final=final, points=2).duality_gap
+                            for s in range(4)]) for final in (None, 2.5 / 8)}
+    assert gaps[2.5 / 8] < 0.5 * gaps[None]  # measured: 0.021 against 0.082 (8 seeds)

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from comal.games import GENERATORS, GameError, duality_gap, load_game, nash_lp
-from comal.rules import RULES, make_rule
+from comal.rules import RULES, inner_rules, make_rule
 from comal.tabular import THRESHOLDS, initial_policy, run
 from comal.testbed.demo import DEFAULT_ALGORITHMS
 
@@ -84,7 +84,8 @@ def run_command(
     iterations: int = typer.Option(10_000, "--iterations", "-T", help="number of updates"),
     eta: Optional[float] = typer.Option(None, help="step size η (default: from the game's payoff scale)"),
     tau: Optional[float] = typer.Option(None, help="KL regularisation τ toward the reference μ"),
-    inner: Optional[str] = typer.Option(None, help="comal only: inner rule (extragradient, inpo, nash-md, mpo)"),
+    inner: Optional[str] = typer.Option(None, help=f"comal only: inner rule ({', '.join(inner_rules())})"),
+    eta_final: Optional[float] = typer.Option(None, help="η decays geometrically to this over the iterations, ητ held"),
     init: str = typer.Option("uniform", help="'uniform', 'random' (Dirichlet, --seed) or weights a,b,c"),
     seed: int = typer.Option(0, help="seed of --init random and of --samples"),
     samples: Optional[int] = typer.Option(None, help="estimate every advantage from this many draws per prompt, "
@@ -100,8 +101,10 @@ def run_command(
         raise ValueError("--samples must be at least 2: an advantage compares a draw with the others")
     given = {key: value for key, value in {"eta": eta, "tau": tau, "inner": inner}.items() if value is not None}
     rule = make_rule(algorithm, game, **given)
+    if eta_final is not None:
+        rule.annealed(1.0, eta_final)  # the last iteration's rule is checked like the first
     with _progress(max(iterations, 0), f"{algorithm}") as progress:
-        result = run(rule, game, start, iterations, nash=nash_lp(game), samples=samples, seed=seed,
+        result = run(rule, game, start, iterations, nash=nash_lp(game), samples=samples, seed=seed, eta_final=eta_final,
                      on_step=lambda t: progress.update(progress.task_ids[0], completed=t))
     if as_json:
         print(json.dumps(result.to_json()))
@@ -248,7 +251,8 @@ def demo_command(
     for name, result in summary["algorithms"].items():
         gaps = result["history"]["duality_gap"]
         rule = result["rule"]
-        table.add_row(name, f"{rule['eta']:.3g}", f"{rule['eta'] * rule['tau']:.3g}" if rule["tau"] else "–",
+        eta = f"{rule['eta']:.3g}" + (f" → {result['eta_final']:.3g}" if result.get("eta_final") else "")
+        table.add_row(name, eta, f"{rule['eta'] * rule['tau']:.3g}" if rule["tau"] else "–",
                       str(rule.get("period") or "–"), f"{result['samples_drawn']:,}", f"{gaps[0]:.3f}",
                       f"{result['duality_gap']:.3f}", f"{min(gaps):.3f}",
                       "–" if result["kl_to_nash"] is None else f"{result['kl_to_nash']:.3f}",
@@ -315,16 +319,16 @@ def _fit_command(name: str, help_text: str):
                 step: Optional[str] = typer.Option(None, help="which fit of the rule (default: the first)")):
         run = _open_run(run_dir)
         t = _iteration(run, iteration)
-        outputs = [s.output for s in run.steps]
+        outputs = list(run.outputs)
         chosen = step or outputs[0]
         if chosen not in outputs:
             raise ValueError(f"--step must be one of {', '.join(outputs)}")
         index = outputs.index(chosen)
         if name == "pairs":
-            console.print(f"wrote {run.pairs(t, run.steps[index])}")
+            console.print(f"wrote {run.pairs(t, run.prox_steps(t)[index])}")
         else:
             run.decide_reference(t)
-            console.print(f"wrote {getattr(run, name)(t, run.steps[index], run.policies(t, index))}")
+            console.print(f"wrote {getattr(run, name)(t, run.prox_steps(t)[index], run.policies(t, index))}")
 
     command.__doc__ = help_text
     app.command(name)(command)

@@ -9,6 +9,7 @@ import numpy as np
 
 from comal.games import gap_from_advantage, kl_divergence, sampled_advantage, win_rates
 from comal.rules import CURRENT, REFERENCE, Rule
+from comal.rules.base import run_fraction
 
 THRESHOLDS = (1e-3, 1e-6)
 
@@ -69,7 +70,7 @@ def initial_policy(init: str | np.ndarray | None, n: int, *, seed: int = 0) -> n
 def run(rule: Rule, game: np.ndarray, init: np.ndarray, iterations: int, *,
         nash: np.ndarray | None = None, until: float | None = None, points: int = 200,
         keep_trajectory: bool = False, on_step: Callable[[int], None] | None = None,
-        samples: int | None = None, seed: int = 0) -> RunResult:
+        samples: int | None = None, seed: int = 0, eta_final: float | None = None) -> RunResult:
     """Run ``rule`` for ``iterations`` steps from ``init`` and record the last iterate.
 
     The gap of π_t comes free from the advantage the step computes; it is checked against
@@ -78,6 +79,7 @@ def run(rule: Rule, game: np.ndarray, init: np.ndarray, iterations: int, *,
     ``until`` and returns that iterate. With ``samples``, every advantage the rule uses is
     estimated from that many draws of its policy per prompt (seeded by ``seed``), as the LLM loop
     estimates it (:func:`comal.games.sampled_advantage`): the sampled rule with perfect fits.
+    With ``eta_final``, η decays geometrically to it over the iterations, ητ held (:meth:`Rule.annealed`).
     """
     if iterations < 0:
         raise ValueError(f"iterations must be ≥ 0, got {iterations}")
@@ -110,7 +112,7 @@ def run(rule: Rule, game: np.ndarray, init: np.ndarray, iterations: int, *,
         result.history.append({"iteration": t, "duality_gap": gap, "kl_to_nash": kl})
 
     for t in range(iterations):
-        next_state, advantages = rule.update(game, state, estimate)
+        next_state, advantages = rule.annealed(run_fraction(t, iterations), eta_final).update(game, state, estimate)
         policy = np.exp(state.policies[CURRENT])
         gap = measure(t, policy, None if estimate else advantages.get(CURRENT))
         stopped = until is not None and gap <= until

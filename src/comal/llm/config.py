@@ -4,7 +4,8 @@
 :meth:`RunConfig.rule` and the loop executes it. Its parameters follow the paper's vocabulary:
 ``eta`` is η (the official code's ``eta`` is 1/η, here ``eta_code``), ``tau_eta_ratio`` is ητ
 (the weight on the reference μ), ``reference_period`` is K (μ ← π_t every K iterations, COMAL and
-MPO), ``inner`` and ``tolerance`` are COMAL's. Each left out takes the rule's default for a judge
+MPO), ``inner`` and ``tolerance`` are COMAL's; ``eta_final`` anneals η geometrically over the
+iterations with ητ held (:meth:`~comal.rules.base.Rule.annealed`). Each left out takes the rule's default for a judge
 whose preferences span [0, 1] (payoff scale 1/2); one that the rule does not have is refused.
 """
 
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from comal.llm.sample import SamplingConfig
 from comal.llm.train import TrainConfig
 from comal.rules import RULES, Rule, make_rule
+from comal.rules.base import run_fraction
 
 JUDGE_SCALE = 0.5  # max |P − 1/2| of a judge with values in [0, 1]: the scale rule defaults are set for
 NOT_RULES = {"dpo": "DPO's minimiser is a Bradley-Terry fit, not a step of the preference game; "
@@ -68,6 +70,8 @@ class RunConfig(Strict):
     reference_period: Optional[int] = Field(None, ge=1, description="μ ← π_t every this many iterations")
     inner: Optional[str] = Field(None, description="comal: the rule that solves each regularised subgame")
     tolerance: Optional[float] = Field(None, ge=0, lt=1, description="comal: relative residual test (0: period only)")
+    eta_final: Optional[float] = Field(None, gt=0, description="η decays geometrically to this over the iterations, "
+                                       "ητ held (default: η constant)")
     rows: Literal["hard", "soft"] = "hard"
     sampling: SamplingConfig = SamplingConfig()
     training: TrainConfig = TrainConfig()
@@ -79,12 +83,20 @@ class RunConfig(Strict):
         if self.sampling.samples_per_prompt < 2:
             raise ValueError("sampling.samples_per_prompt must be at least 2: preferences compare responses")
         rule = self.rule()
+        try:
+            self.rule_at(self.iterations - 1)
+        except ValueError as error:
+            raise ValueError(f"'eta_final' {self.eta_final}: {error}") from None
         if rule.pointwise and self.rows == "hard":
             raise ValueError(f"{self.algorithm}'s loss is pointwise (one response, target â(y)): use rows: soft")
         return self
 
+    def rule_at(self, t: int) -> Rule:
+        """The rule of iteration ``t``: :meth:`rule` with η annealed toward ``eta_final``."""
+        return self.rule().annealed(run_fraction(t, self.iterations), self.eta_final)
+
     def rule(self) -> Rule:
-        """The rule this run executes: the config's parameters over the rule's defaults."""
+        """The rule this run executes (at its first iteration): the config's parameters over the rule's defaults."""
         if self.algorithm not in RULES:
             hint = NOT_RULES.get(self.algorithm, f"choose one of: {', '.join(RULES)}")
             raise ValueError(f"'algorithm': unknown algorithm '{self.algorithm}'; {hint}")

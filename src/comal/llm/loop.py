@@ -13,7 +13,8 @@ One iteration is :meth:`Rule.update` with checkpoints for log-policies and sampl
    from the heaviest anchor (a policy made within the iteration, such as mirror-prox's half step).
 
 Policies are named as in the rules (``current`` π_t, ``reference`` μ, ``centre``, ``half``, …) and
-map to checkpoints; the state at iteration t is replayed from the finished outputs of earlier
+map to checkpoints; iteration t runs ``config.rule_at(t)`` (η annealed when the config says so);
+the state at iteration t is replayed from the finished outputs of earlier
 iterations with ``rule.next_state``, so no schedule is written twice. Seeds depend only on the
 config's seed, the iteration and the stage, so a resumed run ends with the same checkpoints.
 """
@@ -57,11 +58,15 @@ class Run:
     def __init__(self, config: RunConfig, folder: RunFolder, parts: Components | None = None,
                  progress: Callable[[str], None] = lambda message: None):
         self.config, self.folder, self.parts, self.progress = config, folder, parts, progress
-        self.rule = config.rule()
-        self.steps: tuple[ProxStep, ...] = self.rule.prox_steps()
+        self.rule = config.rule()  # what every iteration shares: policies kept, rounds, outputs
+        self.outputs = tuple(step.output for step in self.rule.prox_steps())
         self._states: dict[int, State] = {}
 
     # ------------------------------------------------------------------ the rule's state
+    def prox_steps(self, t: int) -> tuple[ProxStep, ...]:
+        """Iteration ``t``'s steps (their η follows the config's schedule)."""
+        return self.config.rule_at(t).prox_steps()
+
     def seed(self, t: int, stage: str) -> int:
         """A seed for one stage of iteration ``t``, fixed by the config's seed alone."""
         return zlib.crc32(f"{self.config.seed}/{t}/{stage}".encode()) & 0x7FFFFFFF
@@ -78,9 +83,8 @@ class Run:
         policies = dict(state.policies)
         if moved:
             policies[REFERENCE] = policies[CURRENT]
-        for step in self.steps[:steps_done]:
-            policies[step.output] = self.folder.require(self.folder.model(t, step.output),
-                                                        f"the fit of '{step.output}' in iteration {t}")
+        for output in self.outputs[:steps_done]:
+            policies[output] = self.folder.require(self.folder.model(t, output), f"the fit of '{output}' in iteration {t}")
         return policies
 
     def policies(self, t: int, steps_done: int = 0) -> dict[str, Path]:
@@ -94,7 +98,7 @@ class Run:
         state = self._states[known] if known is not None else State({n: self.folder.start for n in self.rule.keeps})
         for s in range(known or 0, t):
             moved = self.reference_moved(s)
-            state = self.rule.next_state(state, self._within(s, state, len(self.steps), moved), moved)
+            state = self.rule.next_state(state, self._within(s, state, len(self.outputs), moved), moved)
             self._states[s + 1] = state
         return state
 
@@ -142,7 +146,7 @@ class Run:
 
     def round_policies(self, t: int, name: str) -> dict[str, Path]:
         """The checkpoints as they stand when the rule first needs the round of ``name``."""
-        index = next(i for i, step in enumerate(self.steps) if rows_policy(step) == name)
+        index = next(i for i, step in enumerate(self.rule.prox_steps()) if rows_policy(step) == name)
         if index == 0 and name == CURRENT:
             return dict(self.state(t).policies)  # μ's move leaves π_t as it is
         self.decide_reference(t)
@@ -164,7 +168,7 @@ class Run:
             estimates = RoundEstimates(lambda: self.judged_round(t, CURRENT, dict(state.policies)), state.policies,
                                        load_model=parts.load_model, tokenizer=parts.tokenizer,
                                        batch_size=self.config.training.batch_size, current=CURRENT)
-            moved = self.rule.reference_due(state._replace(policies=estimates.policies), estimates.advantages)
+            moved = self.config.rule_at(t).reference_due(state._replace(policies=estimates.policies), estimates.advantages)
             write_json(out / "decision.json", {"moved": bool(moved), "since_reference": state.since_reference,
                                                "reference_updates": state.reference_updates})
 
@@ -206,7 +210,7 @@ class Run:
 
     def fit(self, t: int, index: int) -> None:
         """Pairs, anchor log-probs and training of the ``index``-th step of iteration ``t``."""
-        step = self.steps[index]
+        step = self.prox_steps(t)[index]
         policies = self.policies(t, index)
         self.judged_round(t, rows_policy(step), policies)
         self.progress(f"iteration {t}: fit {step.output}")
@@ -216,7 +220,7 @@ class Run:
 
     def iteration(self, t: int) -> None:
         self.decide_reference(t)
-        for index in range(len(self.steps)):
+        for index in range(len(self.outputs)):
             self.fit(t, index)
 
     # ------------------------------------------------------------------ evaluation
@@ -272,8 +276,8 @@ class Run:
         labelled = {"reference": self.folder.reference(t)} if REFERENCE in self.rule.keeps else {}
         for name in self.rule.sampled_policies():
             labelled.update({f"{name} {stage}": self.folder.round(t, name, stage) for stage in ("sample", "judge")})
-        for step in self.steps:
-            labelled.update({f"fit {step.output} {stage}": self.folder.fit(t, step.output, stage)
+        for output in self.outputs:
+            labelled.update({f"fit {output} {stage}": self.folder.fit(t, output, stage)
                              for stage in ("pairs", "logprobs", "train")})
         if self.config.evaluate.prompts is not None:
             labelled["evaluate"] = self.folder.evaluation(t)

@@ -16,7 +16,7 @@ so a rule is defined once and has two forms. Policies are arrays ``[prompts, n]`
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Mapping, NamedTuple
 
 import numpy as np
@@ -105,6 +105,18 @@ class Rule(ABC):
         since = 1 if reference_moved else state.since_reference + 1
         return State(policies, state.iteration + 1, since, state.reference_updates + int(reference_moved))
 
+    def annealed(self, fraction: float, eta_final: float | None) -> "Rule":
+        """This rule at ``fraction`` ∈ [0, 1] of a run whose η decays geometrically from ``eta`` to
+        ``eta_final`` (``None``: constant), ητ held, so τ grows as η shrinks. Under sampling noise a
+        step of size η leaves the last iterate a noise floor of order ``σ(â) √(η/τ)``; smaller, more
+        regularised late steps lower it, as a decaying step size does in stochastic approximation."""
+        if eta_final is None:
+            return self
+        if not np.isfinite(eta_final) or eta_final <= 0:
+            raise ValueError(f"{self.name}: eta_final must be a positive finite number, got {eta_final}")
+        eta = self.eta * (eta_final / self.eta) ** fraction
+        return replace(self, eta=eta, tau=self.tau * self.eta / eta)
+
     def init(self, log_policy: np.ndarray) -> State:
         log_policy = log_softmax(np.asarray(log_policy, dtype=np.float64), axis=-1)
         return State({name: log_policy for name in self.keeps})
@@ -159,6 +171,11 @@ def rows_policy(step: ProxStep) -> str:
     """The policy whose samples an LLM fit of ``step`` regresses on: the one whose advantage it uses,
     or for a pure mixture step (no advantage) its heaviest anchor."""
     return step.advantage_of if step.advantage_of is not None else heaviest_anchor(step)
+
+
+def run_fraction(t: int, iterations: int) -> float:
+    """How far iteration ``t`` of ``iterations`` is through the run: 0 at the first, 1 at the last."""
+    return t / (iterations - 1) if iterations > 1 else 0.0
 
 
 def check_period(name: str, period: int | None) -> None:

@@ -24,9 +24,12 @@ HALF = "half"
 @dataclass(frozen=True)
 class Extragradient(Rule):
     name = "extragradient"
-    keeps = (CURRENT, REFERENCE)
     uses_tau = True
     solves_subgame = True
+
+    @property
+    def keeps(self) -> tuple[str, ...]:
+        return (CURRENT, REFERENCE) if self.tau else (CURRENT,)
 
     @classmethod
     def for_game(cls, scale: float, **overrides) -> "Extragradient":
@@ -34,6 +37,6 @@ class Extragradient(Rule):
 
     def prox_steps(self):
         shrink = 1.0 + self.eta * self.tau
-        anchor = {CURRENT: 1 / shrink, REFERENCE: self.eta * self.tau / shrink}
+        anchor = {CURRENT: 1 / shrink, REFERENCE: self.eta * self.tau / shrink} if self.tau else {CURRENT: 1.0}
         return (ProxStep(HALF, anchor, CURRENT, self.eta / shrink),
                 ProxStep(CURRENT, anchor, HALF, self.eta / shrink))

@@ -5,13 +5,21 @@ Two sequences: the centre π′ and the played π. With ``r_t = a_{π_t}`` and t
 i.e. ``log π_{t+1} = log π_t + η (2 r_t − r_{t−1})`` (optimistic MWU). Last iterate → Nash for
 ``η ≤ 1/(8L)`` in theory. Sampled form: two fits on the same pairs from π_t, anchors ``log π′_t``
 and ``log π′_{t+1}``, target ``η (â(y) − â(y'))`` each.
+
+With ``τ > 0`` both steps are taken on the game regularised toward μ, the KL taken implicitly as
+in extragradient's magnetic form (``s = 1 + ητ``):
+
+    log π′_{t+1} = (log π′_t + ητ log μ + η r_t) / s,    log π_{t+1} = (log π′_{t+1} + ητ log μ + η r_t) / s
+
+whose fixed point is ``π′ = π = π*_τ(μ)`` (``log π = log μ + a_π/τ``): an inner rule for COMAL that
+samples one policy an iteration where mirror-prox samples two.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from comal.rules.base import CURRENT, ProxStep, Rule
+from comal.rules.base import CURRENT, REFERENCE, ProxStep, Rule
 
 CENTRE = "centre"
 
@@ -19,12 +27,19 @@ CENTRE = "centre"
 @dataclass(frozen=True)
 class ONPO(Rule):
     name = "onpo"
-    keeps = (CURRENT, CENTRE)
+    uses_tau = True
+    solves_subgame = True
+
+    @property
+    def keeps(self) -> tuple[str, ...]:
+        return (CURRENT, CENTRE, REFERENCE) if self.tau else (CURRENT, CENTRE)
 
     @classmethod
     def for_game(cls, scale: float, **overrides) -> "ONPO":
         return cls(**{"eta": 0.5 / scale, **overrides})
 
     def prox_steps(self):
-        return (ProxStep(CENTRE, {CENTRE: 1.0}, CURRENT, self.eta),
-                ProxStep(CURRENT, {CENTRE: 1.0}, CURRENT, self.eta))
+        shrink = 1.0 + self.eta * self.tau
+        anchor = {CENTRE: 1 / shrink, REFERENCE: self.eta * self.tau / shrink} if self.tau else {CENTRE: 1.0}
+        return (ProxStep(CENTRE, anchor, CURRENT, self.eta / shrink),
+                ProxStep(CURRENT, anchor, CURRENT, self.eta / shrink))

@@ -43,6 +43,7 @@ class AlgorithmSettings(BaseModel):
     reference_period: int | None = Field(None, ge=1, description="μ ← π_t every this many iterations")
     inner: str | None = Field(None, description="comal: the inner rule")
     tolerance: float | None = Field(None, ge=0, lt=1, description="comal: relative residual test (0: period only)")
+    eta_final: float | None = Field(None, gt=0, description="η decays geometrically to this over the run, ητ held")
 
     def rule(self, algorithm: str, preference: np.ndarray) -> Rule:
         overrides = {key: value for key, value in (("eta", self.eta), ("period", self.reference_period),
@@ -117,7 +118,7 @@ class DemoSettings(BaseModel):
         iterations = max(1, self.iterations // len(rule.sampled_policies()))  # the same samples for every rule
         parameters = {"eta": rule.eta, "tau_eta_ratio": rule.eta * rule.tau if rule.uses_tau else None,
                       "reference_period": getattr(rule, "period", None), "inner": getattr(rule, "inner", None),
-                      "tolerance": getattr(rule, "tolerance", None)}
+                      "tolerance": getattr(rule, "tolerance", None), "eta_final": self.algorithms[algorithm].eta_final}
         return RunConfig.model_validate({
             "model": {"path": "testbed"}, "judge": {"path": "testbed"}, "prompts": str(prompts_file),
             "algorithm": algorithm, "iterations": iterations, "rows": "soft",
@@ -155,7 +156,7 @@ def run_algorithm(algorithm: str, settings: DemoSettings, out: Path,
         if report is not None:
             report(algorithm, t * len(run.rule.sampled_policies()), measured["duality_gap"])
     rounds = len(run.rule.sampled_policies())
-    return {"rule": asdict(run.rule), "rounds_per_iteration": rounds,
+    return {"rule": asdict(run.rule), "eta_final": config.eta_final, "rounds_per_iteration": rounds,
             "samples_drawn": config.iterations * rounds * settings.samples_per_prompt,
             "reference_moves": [t for t in range(config.iterations) if run.reference_moved(t)],
             **{name: history[name][-1] for name in MEASURES},
