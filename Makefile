@@ -23,6 +23,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/random_games.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/testbed_sweep.py
+	$(BIN)/python benchmarks/fit_accuracy.py
 	$(BIN)/python benchmarks/testbed.py
 
 clean:

@@ -163,7 +163,7 @@ def run_algorithm(algorithm: str, settings: DemoSettings, out: Path,
             "history": history, "policy": policy.tolist(), "seconds": time.perf_counter() - started}
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """The demo shows its own progress: no per-save bars from transformers and datasets."""
     import datasets
     import transformers
@@ -177,7 +177,7 @@ def _run_in_worker(algorithm: str, settings: DemoSettings, out: Path, queue) -> 
     import torch
 
     torch.set_num_threads(1)  # one core per worker: tiny models gain nothing from more
-    _quiet_libraries()
+    quiet_libraries()
     return run_algorithm(algorithm, settings, out, lambda *update: queue.put(update))
 
 
@@ -187,7 +187,7 @@ def run_demo(settings: DemoSettings, out: Path, *, workers: int = 2,
     import multiprocessing
 
     algorithm_settings(settings.algorithms)  # names checked before anything is written
-    _quiet_libraries()
+    quiet_libraries()
     out.mkdir(parents=True, exist_ok=True)
     testbed = settings.testbed()
     (out / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in testbed.prompts))
