@@ -162,6 +162,21 @@ def apply_prox_steps(steps, policies: dict[str, np.ndarray], advantages: Advanta
         policies[step.output] = log_softmax(logits, axis=-1)
 
 
+def magnetic_step(output: str, anchor: str, advantage_of: str, eta: float, tau: float,
+                  magnet: str | None = REFERENCE) -> ProxStep:
+    """A mirror step pulled toward ``magnet`` with the KL taken implicitly (stable for any ητ):
+
+        log π_out = (log π_anchor + ητ log π_magnet + η a) / (1 + ητ)
+
+    (``magnet=None``: the uniform policy, whose constant log the normaliser absorbs; τ = 0: a plain step).
+    """
+    shrink = 1.0 + eta * tau
+    weights = {anchor: 1 / shrink}
+    if magnet is not None and tau:
+        weights[magnet] = eta * tau / shrink
+    return ProxStep(output, weights, advantage_of, eta / shrink)
+
+
 def heaviest_anchor(step: ProxStep) -> str:
     """The policy with the largest weight in ``step``'s anchor."""
     return max(step.anchor, key=lambda name: step.anchor[name])

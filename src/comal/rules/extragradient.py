@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from comal.rules.base import CURRENT, REFERENCE, ProxStep, Rule
+from comal.rules.base import CURRENT, REFERENCE, Rule, magnetic_step
 
 HALF = "half"
 
@@ -36,7 +36,5 @@ class Extragradient(Rule):
         return cls(**{"eta": 0.5 / scale, **overrides})
 
     def prox_steps(self):
-        shrink = 1.0 + self.eta * self.tau
-        anchor = {CURRENT: 1 / shrink, REFERENCE: self.eta * self.tau / shrink} if self.tau else {CURRENT: 1.0}
-        return (ProxStep(HALF, anchor, CURRENT, self.eta / shrink),
-                ProxStep(CURRENT, anchor, HALF, self.eta / shrink))
+        return (magnetic_step(HALF, CURRENT, CURRENT, self.eta, self.tau),
+                magnetic_step(CURRENT, CURRENT, HALF, self.eta, self.tau))

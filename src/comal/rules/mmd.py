@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from comal.rules.base import CURRENT, ProxStep, Rule
+from comal.rules.base import CURRENT, Rule, magnetic_step
 from comal.rules.mpo import magnetic_eta
 
 
@@ -35,5 +35,4 @@ class MMD(Rule):
         return cls(**{"eta": magnetic_eta(tau, scale), "tau": tau, **overrides})
 
     def prox_steps(self):
-        shrink = 1.0 + self.eta * self.tau
-        return (ProxStep(CURRENT, {CURRENT: 1 / shrink}, CURRENT, self.eta / shrink),)
+        return (magnetic_step(CURRENT, CURRENT, CURRENT, self.eta, self.tau, magnet=None),)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from comal.rules.base import CURRENT, REFERENCE, ProxStep, Rule, check_period
+from comal.rules.base import CURRENT, REFERENCE, Rule, check_period, magnetic_step
 
 
 def magnetic_eta(tau: float, scale: float) -> float:
@@ -37,9 +37,7 @@ class MPO(Rule):
         return cls(**{"eta": magnetic_eta(tau, scale), "tau": tau, **overrides})
 
     def prox_steps(self):
-        shrink = 1.0 + self.eta * self.tau
-        return (ProxStep(CURRENT, {CURRENT: 1 / shrink, REFERENCE: self.eta * self.tau / shrink},
-                         CURRENT, self.eta / shrink),)
+        return (magnetic_step(CURRENT, CURRENT, CURRENT, self.eta, self.tau),)
 
     def reference_due(self, state, advantages):
         return self.period is not None and state.since_reference >= self.period

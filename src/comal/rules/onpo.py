@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from comal.rules.base import CURRENT, REFERENCE, ProxStep, Rule
+from comal.rules.base import CURRENT, REFERENCE, Rule, magnetic_step
 
 CENTRE = "centre"
 
@@ -39,7 +39,5 @@ class ONPO(Rule):
         return cls(**{"eta": 0.5 / scale, **overrides})
 
     def prox_steps(self):
-        shrink = 1.0 + self.eta * self.tau
-        anchor = {CENTRE: 1 / shrink, REFERENCE: self.eta * self.tau / shrink} if self.tau else {CENTRE: 1.0}
-        return (ProxStep(CENTRE, anchor, CURRENT, self.eta / shrink),
-                ProxStep(CURRENT, anchor, CURRENT, self.eta / shrink))
+        return (magnetic_step(CENTRE, CENTRE, CURRENT, self.eta, self.tau),
+                magnetic_step(CURRENT, CENTRE, CURRENT, self.eta, self.tau))
