@@ -4,9 +4,10 @@ The loop runs COMAL (optimistic inner steps) on the default testbed driven by th
 (every response with its expected count: no sampling noise), so the only difference from the
 tabular rule is how well each fit reaches its step's target. After every iteration the network's
 exact policy is compared with the tabular rule's (total variation, max over prompts). The steps of a
-fit are full-batch AdamW steps with the learning rate decaying linearly to 0 from ``--learning-rate``.
+fit are full-batch AdamW steps, the learning rate warming up over ``--warmup-ratio`` of them, then decaying
+linearly to 0 from ``--learning-rate``.
 
-    python benchmarks/fit_accuracy.py [--steps 30 60 100] [--iterations 20] [--eta 0.5]
+    python benchmarks/fit_accuracy.py [--steps 30 60 100] [--warmup-ratio 0 0.1] [--iterations 20] [--eta 0.5]
 
 Saves ``benchmarks/results/fit_accuracy.json``.
 """
@@ -14,6 +15,7 @@ Saves ``benchmarks/results/fit_accuracy.json``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import time
@@ -30,8 +32,9 @@ from comal.testbed.space import ConstrainedLlama
 RESULTS = Path(__file__).parent / "results" / "fit_accuracy.json"
 
 
-def follow(steps: int, learning_rate: float, eta: float, iterations: int, folder: Path) -> dict:
-    settings = DemoSettings(iterations=iterations, epochs=steps, learning_rate=learning_rate, batch_size=10**6,
+def follow(steps: int, learning_rate: float, warmup_ratio: float, eta: float, iterations: int, folder: Path) -> dict:
+    settings = DemoSettings(iterations=iterations, epochs=steps, learning_rate=learning_rate, warmup_ratio=warmup_ratio,
+                            batch_size=10**6,
                             algorithms={"comal": AlgorithmSettings(inner="onpo", eta=eta, tau_eta_ratio=0.03,
                                                                    reference_period=67, tolerance=0.0)})
     testbed = settings.testbed()
@@ -47,7 +50,7 @@ def follow(steps: int, learning_rate: float, eta: float, iterations: int, folder
         state, _ = run.config.rule_at(t).update(game, state)
         network = testbed.exact_policy(ConstrainedLlama.from_pretrained(run.policy(t + 1)))
         distances.append(float(0.5 * np.abs(network - np.exp(state.policies[CURRENT])).sum(-1).max()))
-    return {"steps": steps, "learning_rate": learning_rate, "eta": eta, "total_variation": distances,
+    return {"steps": steps, "learning_rate": learning_rate, "warmup_ratio": warmup_ratio, "eta": eta, "total_variation": distances,
             "network_gap": duality_gap(game, network), "tabular_gap": duality_gap(game, np.exp(state.policies[CURRENT])),
             "seconds": time.perf_counter() - started}
 
@@ -56,16 +59,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[30, 60, 100])
     parser.add_argument("--learning-rate", type=float, default=1e-2)
+    parser.add_argument("--warmup-ratio", type=float, nargs="+", default=[0.0, 0.1],
+                        help="share of a fit's steps warming the rate up (0: AdamW's fresh first steps can undo a fit)")
     parser.add_argument("--eta", type=float, default=0.5)
     parser.add_argument("--iterations", type=int, default=20)
     args = parser.parse_args()
     quiet_libraries()
     results = []
-    for steps in args.steps:
+    for warmup_ratio, steps in itertools.product(args.warmup_ratio, args.steps):
         with tempfile.TemporaryDirectory() as folder:
-            result = follow(steps, args.learning_rate, args.eta, args.iterations, Path(folder))
+            result = follow(steps, args.learning_rate, warmup_ratio, args.eta, args.iterations, Path(folder))
         results.append(result)
-        print(f"{steps:>4} steps a fit: total variation to the tabular rule max {max(result['total_variation']):.4f}, "
+        print(f"warm-up {warmup_ratio:.2f}, {steps:>4} steps a fit: total variation to the tabular rule max {max(result['total_variation']):.4f}, "
               f"final {result['total_variation'][-1]:.4f}; gap {result['network_gap']:.4f} (tabular "
               f"{result['tabular_gap']:.4f}); {result['seconds']:.0f} s", flush=True)
     RESULTS.write_text(json.dumps({"iterations": args.iterations, "runs": results}, indent=1))

@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=100, help="full-batch AdamW steps per fit (30 leave fit errors "
                         "above the sampling noise: benchmarks/fit_accuracy.py)")
     parser.add_argument("--learning-rate", type=float, default=1e-2)
+    parser.add_argument("--warmup-ratio", type=float, default=0.1, help="share of a fit's steps warming the rate up "
+                        "(0: AdamW's first steps from fresh moments can undo a converged fit)")
     parser.add_argument("--comal", type=json.loads, default=None,
                         help='COMAL\'s settings as JSON, e.g. \'{"eta": 2, "tau_eta_ratio": 0.1, "reference_period": 40, '
                              '"inner": "onpo", "tolerance": 0, "eta_final": 0.33}\'')
@@ -58,7 +60,8 @@ def main() -> None:
     runs, summary = {}, None
     for seed in args.seeds:
         settings = DemoSettings(seed=seed, iterations=args.rounds, samples_per_prompt=args.samples, epochs=args.epochs,
-                                learning_rate=args.learning_rate, batch_size=1_000_000, algorithms=algorithms)
+                                learning_rate=args.learning_rate,
+                                warmup_ratio=args.warmup_ratio, batch_size=1_000_000, algorithms=algorithms)
         summary = run_demo(settings, args.runs / f"testbed-{args.rounds}x{args.samples}-seed{seed}",
                            workers=args.workers)
         runs[seed] = {name: {key: result[key] for key in ("rule", "samples_drawn", "reference_moves", "duality_gap",
@@ -74,7 +77,8 @@ def main() -> None:
     print("lowest per seed:", lowest)
     args.out.write_text(json.dumps({
         "machine": platform.processor() or platform.machine(), "rounds": args.rounds, "samples_per_round": args.samples,
-        "training": {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch": "full"},
+        "training": {"epochs": args.epochs, "learning_rate": args.learning_rate,
+                     "warmup_ratio": args.warmup_ratio, "batch": "full"},
         "preference": summary["preference"], "nash": summary["nash"], "prompts": summary["prompts"],
         "responses": summary["responses"], "table": table, "lowest_per_seed": lowest, "runs": runs}, indent=1))
     plot(runs, args.samples, args.out.with_suffix(".png"))

@@ -97,6 +97,8 @@ class DemoSettings(BaseModel):
     samples_per_prompt: int = Field(16384, ge=2)
     epochs: int = Field(20, ge=1)
     learning_rate: float = Field(3e-3, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of a fit's steps warming the rate up from 0: "
+                                "AdamW's first steps from fresh moments move every weight by about the full rate")
     batch_size: int = Field(64, ge=1)
     algorithms: dict[str, AlgorithmSettings] = Field(default_factory=lambda: dict(DEFAULT_ALGORITHMS))
 
@@ -126,7 +128,7 @@ class DemoSettings(BaseModel):
             "sampling": {"samples_per_prompt": self.samples_per_prompt, "max_new_tokens": self.length + 1,
                          "temperature": 1.0, "top_p": 1.0},  # sample π itself: â estimates a_π
             "training": {"epochs": self.epochs, "learning_rate": self.learning_rate, "batch_size": self.batch_size,
-                         "warmup_ratio": 0.0, "mixed_precision": "no"},
+                         "warmup_ratio": self.warmup_ratio, "mixed_precision": "no"},
             "seed": self.seed})
 
 
