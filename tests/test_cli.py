@@ -85,13 +85,15 @@ def test_run_table_reports_steps_to_thresholds(paper_file):
     (["game", "run", "{paper}", "--eta", "-1"], "eta must be a positive"),
     (["game", "run", "{paper}", "--eta-final", "0"], "eta_final must be a positive"),
     (["game", "run", "{paper}", "-T", "-5"], "iterations must be ≥ 0"),
+    (["model", "prepare", "{missing}", "--out", "{out}"], "step 'find the source'"),
+    (["model", "prepare", "{bad}", "--out", "{out}"], "is a file but not a .gguf"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, paper_file, args, message):
     bad = tmp_path / "bad.json"
     bad.write_text("[[0.5, 0.2], [0.7, 0.5]]")
-    names = {"{bad}": bad, "{missing}": tmp_path / "missing.npy", "{paper}": paper_file}
+    names = {"{bad}": bad, "{missing}": tmp_path / "missing.npy", "{paper}": paper_file, "{out}": tmp_path / "out"}
     result = invoke(*[names.get(a, a) for a in args])
-    assert result.exit_code == 2
+    assert result.exit_code == 2 and not (tmp_path / "out").exists()
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output

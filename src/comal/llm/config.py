@@ -47,21 +47,42 @@ class JudgeSection(Strict):
     path: str = Field(description="local folder of the judge model")
     template: str = Field("pairwise", description="'pairwise' (the preset) or a template with "
                           "{instruction}, {output_1}, {output_2}")
+    template_file: Optional[str] = Field(None, description="a text file holding the template (instead of 'template')")
     answer_prefix: str = "Output ("
     answer_tokens: tuple[str, str] = ("a", "b")
     batch_size: int = Field(8, ge=1)
 
 
+    @model_validator(mode="after")
+    def _one_template(self):
+        if self.template_file is not None and self.template != "pairwise":
+            raise ValueError("judge: give 'template' or 'template_file', not both")
+        return self
+
+    def template_text(self) -> str:
+        """The judge's template: the preset, the inline text or the file's."""
+        if self.template_file is None:
+            return self.template
+        try:
+            return Path(self.template_file).read_text()
+        except OSError as error:
+            raise ValueError(f"judge.template_file {self.template_file}: cannot be read ({error.strerror})") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"judge.template_file {self.template_file}: cannot be read (not UTF-8 text)") from None
+
+
 class EvaluateSection(Strict):
-    prompts: Optional[str] = Field(None, description="held-out prompts (.jsonl with a prompt field)")
+    prompts: Optional[str] = Field(None, description="held-out prompts, in any form 'prompts' takes")
+    split: str = Field("test", description="the split of a saved DatasetDict folder")
     max_prompts: int = Field(64, ge=1)
 
 
 class RunConfig(Strict):
     model: ModelSection
     judge: JudgeSection
-    prompts: str = Field(description=".jsonl file, one object per line with the prompt field")
-    prompt_field: str = "prompt"
+    prompts: str = Field(description="a local .jsonl, .json, .parquet or .csv file, or a save_to_disk folder")
+    prompt_field: str = Field("prompt", description="the column that holds the prompt text")
+    prompt_split: str = Field("train", description="the split of a saved DatasetDict folder")
     prompts_per_iteration: Optional[int] = Field(None, ge=1, description="default: all prompts each iteration")
     algorithm: str = Field("comal", description="a rule of comal.rules.RULES")
     iterations: int = Field(24, ge=1)
@@ -134,8 +155,31 @@ def _describe(error: ValidationError) -> str:
     return f"'{where}': {first['msg']}"
 
 
+PATH_KEYS = (("prompts",), ("model", "path"), ("model", "tokenizer"), ("judge", "path"), ("judge", "template_file"),
+             ("evaluate", "prompts"))
+
+
+def _relative_to(folder: Path, raw: dict) -> dict:
+    """``raw`` with every relative path of :data:`PATH_KEYS` read from ``folder`` (the config's own),
+    so a config works from any working directory; ``~`` is expanded, absolute paths are kept."""
+    raw = dict(raw)
+    for keys in PATH_KEYS:
+        parent = raw
+        for key in keys[:-1]:
+            if not isinstance(parent.get(key), dict):
+                break
+            parent[key] = parent = dict(parent[key])
+        else:
+            value = parent.get(keys[-1])
+            if isinstance(value, str) and value:
+                path = Path(value).expanduser()
+                parent[keys[-1]] = str(path if path.is_absolute() else (folder / path).resolve())
+    return raw
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
-    """Read and validate a YAML run configuration (``overrides`` replace top-level keys)."""
+    """Read and validate a YAML run configuration (``overrides`` replace top-level keys). Paths in
+    it are relative to the config file's folder."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no such config file: {path}")
@@ -150,6 +194,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
         if isinstance(code, bool) or not isinstance(code, (int, float)) or not 0 < code < float("inf"):
             raise ConfigError(f"{path}: 'eta_code' must be a positive number (η = 1/eta_code), got {code!r}")
         raw["eta"] = 1.0 / code
+    raw = _relative_to(path.parent.resolve(), raw)
     try:
         return RunConfig.model_validate({**raw, **(overrides or {})})
     except ValidationError as error:

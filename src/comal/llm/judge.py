@@ -234,18 +234,17 @@ def build_judge(section) -> Judge:
     """The judge a run config's ``judge:`` section names (a :class:`~comal.llm.config.JudgeSection`)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from comal.llm.run_folder import RunError
+    from comal.llm.prepare import check_model_folder
 
-    path = Path(section.path)
-    if not (path / "config.json").is_file():
-        raise RunError(f"judge.path {path} is not a saved transformers model (no config.json)")
+    path = check_model_folder(section.path, "judge.path")
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if section.kind == "reward-model":
         return RewardModelJudge(AutoModelForSequenceClassification.from_pretrained(path), tokenizer,
                                 batch_size=section.batch_size)
-    template = PAIRWISE_TEMPLATE if section.template == "pairwise" else section.template
+    template = section.template_text()
+    template = PAIRWISE_TEMPLATE if template == "pairwise" else template
     return LLMJudge(AutoModelForCausalLM.from_pretrained(path), tokenizer, template=template,
                     answer_prefix=section.answer_prefix, answer_tokens=section.answer_tokens,
                     batch_size=section.batch_size)

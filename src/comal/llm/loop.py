@@ -31,6 +31,7 @@ from pathlib import Path
 from comal.llm.config import RunConfig
 from comal.llm.evaluate import checkpoint_responses, mean_length, plot_win_matrix, win_matrix, win_rate
 from comal.llm.judge import Judge, JudgeCache, build_judge
+from comal.llm.prepare import check_model_folder
 from comal.llm.run_folder import RunError, RunFolder, write_atomically, write_json
 from comal.llm.stages import (
     RoundEstimates, Sampler, judge_stage, load_prompts, logprobs_stage, model_sampler, pairs_stage, sample_stage,
@@ -114,7 +115,7 @@ class Run:
 
     @cached_property
     def all_prompts(self) -> list[str]:
-        return load_prompts(self.config.prompts, self.config.prompt_field)
+        return load_prompts(self.config.prompts, self.config.prompt_field, self.config.prompt_split)
 
     @cached_property
     def judge_cache(self) -> JudgeCache:
@@ -227,7 +228,8 @@ class Run:
     def evaluation_prompts(self) -> list[str]:
         if self.config.evaluate.prompts is None:
             raise RunError("no evaluate.prompts in the config: name a held-out .jsonl prompt file")
-        return load_prompts(self.config.evaluate.prompts, self.config.prompt_field)[:self.config.evaluate.max_prompts]
+        return load_prompts(self.config.evaluate.prompts, self.config.prompt_field,
+                            self.config.evaluate.split)[:self.config.evaluate.max_prompts]
 
     def responses(self, checkpoint: Path, prompts: list[str]) -> list:
         """One response per evaluation prompt from ``checkpoint`` (seeded by the run's seed, cached)."""
@@ -314,11 +316,7 @@ def open_run(config: RunConfig, run_dir: str | Path, *, judge: Judge | None = No
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = RunFolder(run_dir)
-    model_path = Path(config.model.path)
-    if model is None and not (model_path / "config.json").is_file():
-        raise RunError(f"model.path {model_path} is not a saved transformers model (no config.json); "
-                       "save one with save_pretrained or fix the path")
-    folder.adopt(config.model_dump_json(indent=1), lambda saved: RunConfig.model_validate_json(saved) == config)
+    model_path = Path(config.model.path) if model is not None else check_model_folder(config.model.path, "model.path")
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or model_path)
     if tokenizer.pad_token_id is None:
@@ -328,7 +326,8 @@ def open_run(config: RunConfig, run_dir: str | Path, *, judge: Judge | None = No
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
     load_model = load_model or load_causal_lm
-    judge = judge or build_judge(config.judge)
+    judge = judge or build_judge(config.judge)  # a bad judge is refused before the run folder is written
+    folder.adopt(config.model_dump_json(indent=1), lambda saved: RunConfig.model_validate_json(saved) == config)
 
     def save_start(out: Path):
         (model if model is not None else load_model(model_path)).save_pretrained(out, safe_serialization=True)

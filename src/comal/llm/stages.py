@@ -30,27 +30,55 @@ from comal.rules import ProxStep
 Sampler = Callable[[Path, Sequence[str], SamplingConfig], Samples]
 
 
-def load_prompts(path: str | Path, field: str = "prompt") -> list[str]:
-    """Prompts from a JSON-lines file, one object per line with ``field``."""
-    path = Path(path)
-    if not path.is_file():
-        raise RunError(f"no such prompt file: {path}")
-    prompts = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise RunError(f"{path}, line {number}: not a JSON object") from None
-        if not isinstance(record, dict) or not isinstance(record.get(field), str):
-            raise RunError(f"{path}, line {number}: no '{field}' text field; set prompt_field in the config")
-        if not record[field].strip():
-            raise RunError(f"{path}, line {number}: the prompt is empty; remove the line or fill it in")
-        prompts.append(record[field])
+PROMPT_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def load_prompts(path: str | Path, field: str = "prompt", split: str = "train") -> list[str]:
+    """The ``field`` text of every row of a local dataset: a ``.jsonl`` / ``.json`` / ``.parquet`` /
+    ``.csv`` file (read by ``datasets``), or a folder written by ``Dataset.save_to_disk`` (a
+    ``DatasetDict`` folder gives its ``split``)."""
+    dataset = _prompt_dataset(Path(path), split)
+    if field not in dataset.column_names:
+        raise RunError(f"{path}: no '{field}' column (columns: {', '.join(dataset.column_names) or 'none'}); "
+                       "set prompt_field in the config")
+    prompts = dataset[field]
+    for row, prompt in enumerate(prompts, start=1):
+        if not isinstance(prompt, str):
+            raise RunError(f"{path}, row {row}: '{field}' is {type(prompt).__name__}, not text")
+        if not prompt.strip():
+            raise RunError(f"{path}, row {row}: the prompt is empty; remove the row or fill it in")
     if not prompts:
         raise RunError(f"{path} holds no prompts")
     return prompts
+
+
+def _prompt_dataset(path: Path, split: str):
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()  # its parser errors reach the user as one RunError line
+    if path.is_dir():
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except (FileNotFoundError, ValueError) as error:
+            raise RunError(f"{path} is not a dataset saved with save_to_disk ({str(error).splitlines()[0]})") from None
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise RunError(f"{path} has no split '{split}' (splits: {', '.join(loaded)}); set prompt_split")
+            loaded = loaded[split]
+        return loaded
+    if not path.is_file():
+        raise RunError(f"no such prompt file or dataset folder: {path}")
+    if path.suffix not in PROMPT_FORMATS:
+        raise RunError(f"{path}: prompts must be {', '.join(PROMPT_FORMATS)} or a save_to_disk folder")
+    if path.stat().st_size == 0:
+        raise RunError(f"{path} holds no prompts")
+    try:
+        return datasets.load_dataset(PROMPT_FORMATS[path.suffix], data_files=str(path), split="train",
+                                     keep_in_memory=True)
+    except Exception as error:  # datasets wraps parser errors in several types; name the file either way
+        cause = error.__cause__ or error
+        raise RunError(f"{path}: cannot be read as {path.suffix[1:]} ({str(cause).strip().splitlines()[0][:200]})") from None
 
 
 def model_sampler(load_model: Callable[[Path], object], tokenizer, backend: str = "transformers") -> Sampler:
