@@ -184,6 +184,10 @@ def test_cli_runs_stages_and_reports_status(setup):
                     ["train", "--step", "current"]):
         result = runner.invoke(app, [command[0], str(run_dir), "--iteration", "0", *command[1:]])
         assert result.exit_code == 0, (command, result.output)
+        if command == ["sample"]:  # each stage reports what it counted (a bar on a terminal, a line in a log)
+            assert "iteration 0 current sample: sequences: 12/12 in" in result.stderr  # 4 prompts × 3 samples
+        if command == ["train"]:
+            assert "iteration 0 fit half train: optimiser steps" in result.stderr
     status = runner.invoke(app, ["status", str(run_dir)])
     assert status.exit_code == 0 and status.stdout.count("done") == 10, status.stdout  # 2 rounds × 2, 2 fits × 3
     assert "kept" in status.stdout  # the reference decision of iteration 0
@@ -196,6 +200,8 @@ def test_cli_runs_stages_and_reports_status(setup):
     assert early.exit_code == 2 and "missing the samples of 'current'" in early.stderr
     early = runner.invoke(app, ["sample", str(tmp / "fresh"), "-i", "0", "--policy", "half"])
     assert early.exit_code == 2 and "missing" in early.stderr
+    (tmp / "fresh" / "iter_000" / "round_half" / "sample.tmp").mkdir(parents=True)  # being written, or killed
+    assert "started" in runner.invoke(app, ["status", str(tmp / "fresh")]).stdout
 
 
 def test_evaluation_win_rates_and_matrix(setup):
@@ -318,3 +324,23 @@ def test_unreadable_prompt_files_are_one_clear_error(tmp_path):
         load_prompts(tmp_path / "run.yaml") if (tmp_path / "run.yaml").write_text("x") else None
     with pytest.raises(RunError, match="not a dataset saved with save_to_disk"):
         load_prompts(tmp_path)
+
+
+def test_every_stage_counts_its_items_to_the_total(setup):
+    """What a progress bar shows: each stage's items done against the total it announced."""
+    from contextlib import contextmanager
+
+    config, tmp = setup
+    counted = {}
+
+    @contextmanager
+    def bar(description, total):
+        done = []
+        yield done.append
+        counted[description] = (sum(done), total)
+
+    open_run(config(iterations=1, evaluate={"prompts": str(tmp / "prompts.jsonl")}), tmp / "bars",
+             judge=length_judge(), bar=bar).run()
+    assert counted and all(done == total > 0 for done, total in counted.values()), counted
+    kinds = {description.split(": ")[0].split(" ")[-1] for description in counted}
+    assert {"sample", "judge", "log-probs", "train", "responses"} <= kinds, counted

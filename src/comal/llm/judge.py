@@ -87,14 +87,20 @@ class JudgeCache:
                 handle.write("\n".join(lines) + "\n")
 
 
-def cached_prefer(judge: Judge, asks: Sequence[tuple[str, str, str]], cache: JudgeCache) -> np.ndarray:
+def cached_prefer(judge: Judge, asks: Sequence[tuple[str, str, str]], cache: JudgeCache,
+                  advance: Callable[[int], None] = lambda count: None) -> np.ndarray:
     """``P(first ≻ second | prompt)`` for each ``(prompt, first, second)``, asking the judge only
-    for those not in ``cache`` (in one batch) and recording them there."""
+    for those not in ``cache``, a batch of the judge's size at a time, each recorded there as it
+    comes (a killed stage keeps what was judged); ``advance`` counts the asks, cached ones at once."""
     keys = [JudgeCache.key(*ask) for ask in asks]
     todo = [n for n, key in enumerate(keys) if key not in cache.values]
-    if todo:
-        prompts, first, second = zip(*[asks[n] for n in todo])
-        cache.add([keys[n] for n in todo], np.asarray(judge.prefer(prompts, first, second), dtype=np.float64))
+    advance(len(asks) - len(todo))
+    size = getattr(judge, "batch_size", None) or max(len(todo), 1)
+    for start in range(0, len(todo), size):
+        chunk = todo[start:start + size]
+        prompts, first, second = zip(*[asks[n] for n in chunk])
+        cache.add([keys[n] for n in chunk], np.asarray(judge.prefer(prompts, first, second), dtype=np.float64))
+        advance(len(chunk))
     return np.array([cache.values[key] for key in keys])
 
 
@@ -106,7 +112,8 @@ class Judged:
     failures: int
 
 
-def judge_samples(judge: Judge, prompt: str, responses: Sequence[str], cache: JudgeCache | None = None) -> Judged:
+def judge_samples(judge: Judge, prompt: str, responses: Sequence[str], cache: JudgeCache | None = None,
+                  advance: Callable[[int], None] = lambda count: None) -> Judged:
     """Judge every ordered pair of ``responses`` (both orders, averaged), using ``cache`` if given.
 
     Equal texts are judged once and tie at 1/2 with each other.
@@ -118,7 +125,7 @@ def judge_samples(judge: Judge, prompt: str, responses: Sequence[str], cache: Ju
     if ordered:
         rows, columns = np.array(ordered).T
         single[rows, columns] = cached_prefer(judge, [(prompt, texts[i], texts[j]) for i, j in ordered],
-                                              cache if cache is not None else JudgeCache())
+                                              cache if cache is not None else JudgeCache(), advance)
     failures = int(np.isnan(single).sum()) - m
     # P(i ≻ j) from both orders: asked as (i, j) and, reversed, as 1 − P(j ≻ i); NaN if both failed
     both = np.stack([single, 1.0 - single.T])

@@ -22,12 +22,13 @@ import numpy as np
 from comal.llm.judge import Judge, JudgeCache, judge_samples
 from comal.llm.logprobs import Encoded, batched_logps, encode
 from comal.llm.pairs import estimated_advantages, hard_rows, pointwise_rows, soft_rows
+from comal.llm.progress import Advance, Bar, no_bar
 from comal.llm.run_folder import RunError, load_rows, save_rows, write_json
 from comal.llm.sample import Samples, SamplingConfig, sample, sample_with_vllm
 from comal.llm.train import TrainConfig, TrainRow, train
 from comal.rules import ProxStep
 
-Sampler = Callable[[Path, Sequence[str], SamplingConfig], Samples]
+Sampler = Callable[[Path, Sequence[str], SamplingConfig, Advance], Samples]  # advance(sequences drawn)
 
 
 PROMPT_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -84,8 +85,9 @@ def _prompt_dataset(path: Path, split: str):
 def model_sampler(load_model: Callable[[Path], object], tokenizer, backend: str = "transformers") -> Sampler:
     """Sampling from a checkpoint with transformers ``generate`` (or vLLM)."""
     if backend == "vllm":
-        return lambda policy, prompts, settings: sample_with_vllm(policy, tokenizer, prompts, settings)
-    return lambda policy, prompts, settings: sample(load_model(policy), tokenizer, prompts, settings)
+        return lambda policy, prompts, settings, advance: sample_with_vllm(policy, tokenizer, prompts, settings,
+                                                                             advance)
+    return lambda policy, prompts, settings, advance: sample(load_model(policy), tokenizer, prompts, settings, advance)
 
 
 def cached_loader(load: Callable[[Path], object], size: int = 4) -> Callable[[Path], object]:
@@ -112,9 +114,10 @@ def cached_loader(load: Callable[[Path], object], size: int = 4) -> Callable[[Pa
 
 
 def sample_stage(out: Path, *, prompts: Sequence[str], policy: Path, settings: SamplingConfig,
-                 sampler: Sampler) -> None:
+                 sampler: Sampler, bar: Bar = no_bar) -> None:
     """k responses per prompt from ``policy``; ``counts`` weigh each (1 per drawn sample)."""
-    drawn = sampler(policy, prompts, settings)
+    with bar("sample: sequences", len(prompts) * settings.samples_per_prompt) as advance:
+        drawn = sampler(policy, prompts, settings, advance)
     counts = drawn.counts or [[1.0] * len(ids) for ids in drawn.response_ids]
     save_rows(out, [{"prompt": p, "response_ids": [list(r) for r in ids], "texts": texts, "counts": weights}
                     for p, ids, texts, weights in zip(drawn.prompts, drawn.response_ids, drawn.texts, counts)])
@@ -122,20 +125,23 @@ def sample_stage(out: Path, *, prompts: Sequence[str], policy: Path, settings: S
                                      "skipped": drawn.skipped})
 
 
-def judge_stage(out: Path, *, samples: Path, judge: Judge, cache: JudgeCache) -> None:
+def judge_stage(out: Path, *, samples: Path, judge: Judge, cache: JudgeCache, bar: Bar = no_bar) -> None:
     """Per prompt: the distinct responses, their summed counts and their win matrix (both orders)."""
     records, failures, empty = [], 0, 0
-    for record in load_rows(samples):
-        empty += sum(not text.strip() for text in record["texts"])
-        counts, text_of = {}, {}
-        for ids, text, count in zip(record["response_ids"], record["texts"], record["counts"]):
-            counts[tuple(ids)] = counts.get(tuple(ids), 0.0) + count  # distinct, in the order first drawn
-            text_of[tuple(ids)] = text
-        judged = judge_samples(judge, record["prompt"], [text_of[ids] for ids in counts], cache)
-        failures += judged.failures
-        records.append({"prompt": record["prompt"], "response_ids": [list(ids) for ids in counts],
-                        "texts": [text_of[ids] for ids in counts], "counts": list(counts.values()),
-                        "wins": judged.wins.tolist()})
+    drawn = load_rows(samples)
+    asks = sum(len(set(r["texts"])) * (len(set(r["texts"])) - 1) for r in drawn)  # ordered pairs of distinct texts
+    with bar("judge: asks", asks) as advance:
+        for record in drawn:
+            empty += sum(not text.strip() for text in record["texts"])
+            counts, text_of = {}, {}
+            for ids, text, count in zip(record["response_ids"], record["texts"], record["counts"]):
+                counts[tuple(ids)] = counts.get(tuple(ids), 0.0) + count  # distinct, in the order first drawn
+                text_of[tuple(ids)] = text
+            judged = judge_samples(judge, record["prompt"], [text_of[ids] for ids in counts], cache, advance)
+            failures += judged.failures
+            records.append({"prompt": record["prompt"], "response_ids": [list(ids) for ids in counts],
+                            "texts": [text_of[ids] for ids in counts], "counts": list(counts.values()),
+                            "wins": judged.wins.tolist()})
     save_rows(out, records)
     write_json(out / "counts.json", {"judge_failures": failures, "empty_responses": empty})
 
@@ -166,28 +172,30 @@ def encoded_rows(pairs: Path, tokenizer) -> tuple[list[dict], list[tuple[Encoded
                    None if r["second"] is None else encode(tokenizer, r["prompt"], r["second"])) for r in rows]
 
 
-def distinct_logps(model, sequences: Sequence[Encoded], pad_id: int, batch_size: int) -> dict[Encoded, float]:
+def distinct_logps(model, sequences: Sequence[Encoded], pad_id: int, batch_size: int,
+                   advance: Advance = lambda count: None) -> dict[Encoded, float]:
     """Sequence log-probs of each distinct sequence, computed once."""
     distinct = list(dict.fromkeys(sequences))
-    return dict(zip(distinct, batched_logps(model, distinct, pad_id, batch_size).tolist()))
+    return dict(zip(distinct, batched_logps(model, distinct, pad_id, batch_size, advance).tolist()))
 
 
 def logprobs_stage(out: Path, *, pairs: Path, anchors: Mapping[str, Path], load_model: Callable, tokenizer,
-                   batch_size: int) -> None:
+                   batch_size: int, bar: Bar = no_bar) -> None:
     """Columns ``<policy>_first`` / ``<policy>_second``: log-probs of every row's responses under each anchor."""
     _, encoded = encoded_rows(pairs, tokenizer)
     sequences = [sequence for pair in encoded for sequence in pair if sequence is not None]
     columns = {}
-    for name, checkpoint in sorted(anchors.items()):
-        values = distinct_logps(load_model(checkpoint), sequences, tokenizer.pad_token_id, batch_size)
-        for side, index in (("first", 0), ("second", 1)):
-            if any(pair[index] is not None for pair in encoded):
-                columns[f"{name}_{side}"] = [values[pair[index]] for pair in encoded if pair[index] is not None]
+    with bar(f"log-probs: sequences × {len(anchors)} anchors", len(set(sequences)) * len(anchors)) as advance:
+        for name, checkpoint in sorted(anchors.items()):
+            values = distinct_logps(load_model(checkpoint), sequences, tokenizer.pad_token_id, batch_size, advance)
+            for side, index in (("first", 0), ("second", 1)):
+                if any(pair[index] is not None for pair in encoded):
+                    columns[f"{name}_{side}"] = [values[pair[index]] for pair in encoded if pair[index] is not None]
     write_json(out / "anchors.json", columns)
 
 
 def train_stage(out: Path, *, pairs: Path, logprobs: Path, step: ProxStep, start: Path, load_model: Callable,
-                tokenizer, settings: TrainConfig, lora: dict | None = None) -> None:
+                tokenizer, settings: TrainConfig, lora: dict | None = None, bar: Bar = no_bar) -> None:
     """Fit π_θ, initialised from ``start``, to ``step``; save it in the Hugging Face format."""
     rows, encoded = encoded_rows(pairs, tokenizer)
     anchors = json.loads((logprobs / "anchors.json").read_text())
@@ -200,7 +208,7 @@ def train_stage(out: Path, *, pairs: Path, logprobs: Path, step: ProxStep, start
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
-    train(model, train_rows, step, settings, pad_id=tokenizer.pad_token_id, log_path=out / "metrics.jsonl")
+    train(model, train_rows, step, settings, pad_id=tokenizer.pad_token_id, log_path=out / "metrics.jsonl", bar=bar)
     if lora is not None:  # a full checkpoint, loadable by from_pretrained
         model = model.merge_and_unload()
     model.save_pretrained(out / "model", safe_serialization=True)
