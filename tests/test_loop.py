@@ -159,6 +159,7 @@ def test_bad_inputs_are_clear(setup, tmp_path):
     ({"inner": "sppo"}, "unknown inner rule 'sppo'"),
     ({"algorithm": "inpo", "eta": 4.0, "tau_eta_ratio": 1.0}, None),
     ({"algorithm": "inpo", "tau_eta_ratio": 0.5, "eta": None}, "'tau_eta_ratio' needs 'eta'"),
+    ({"hard_min_margin": 0.1}, "'hard_min_margin' applies to rows: hard only"),
 ])
 def test_invalid_combinations_are_refused_by_the_config(setup, extra, message):
     config, tmp = setup
@@ -344,3 +345,31 @@ def test_every_stage_counts_its_items_to_the_total(setup):
     assert counted and all(done == total > 0 for done, total in counted.values()), counted
     kinds = {description.split(": ")[0].split(" ")[-1] for description in counted}
     assert {"sample", "judge", "log-probs", "train", "responses"} <= kinds, counted
+
+
+def test_a_judge_that_is_mostly_position_bias_is_measured_and_warned_about(setup):
+    from typer.testing import CliRunner
+
+    from comal.cli import app
+    from comal.llm.judge import JudgeQualityWarning
+
+    config, tmp = setup
+    biased = CallableJudge(lambda x, a, b: 0.6 + 0.01 * (len(a) > len(b)))  # whatever comes first wins
+    run = open_run(config(iterations=1, algorithm="inpo", rows="hard", hard_min_margin=0.02), tmp / "biased",
+                   judge=biased)
+    with pytest.warns(JudgeQualityWarning, match="keep their winner when the order is swapped"):
+        run.judged_round(0, "current", run.round_policies(0, "current"))
+    counts = json.loads((tmp / "biased" / "iter_000" / "round_current" / "judge" / "counts.json").read_text())
+    quality = counts["judge_quality"]
+    assert quality["first_listed_wins"] > 0.59 and quality["same_winner_both_orders"] == 0
+    assert quality["near_ties"] == 1.0 and counts["judge_warning"]
+    with pytest.raises(RunError, match="no training rows: all 4 judged prompts were ties or within hard_min_margin"):
+        run.pairs(0, run.prox_steps(0)[0])  # P(longer ≻ shorter) = 0.505 after both orders: every row dropped
+    kept = open_run(config(iterations=1, algorithm="inpo", rows="hard", hard_min_margin=0.004), tmp / "kept",
+                    judge=biased)
+    with pytest.warns(JudgeQualityWarning):
+        kept.iteration(0)
+    pairs = json.loads((tmp / "kept" / "iter_000" / "fit_current" / "pairs" / "counts.json").read_text())
+    assert pairs["rows"] + pairs["prompts_without_a_row"] == pairs["prompts"] == 4
+    status = CliRunner().invoke(app, ["status", str(tmp / "biased")])
+    assert status.exit_code == 0 and "judge quality" in status.stdout and "0.60" in status.stdout

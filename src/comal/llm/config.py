@@ -94,6 +94,8 @@ class RunConfig(Strict):
     eta_final: Optional[float] = Field(None, gt=0, description="η decays geometrically to this over the iterations, "
                                        "ητ held (default: η constant)")
     rows: Literal["hard", "soft"] = "hard"
+    hard_min_margin: float = Field(0.0, ge=0, lt=0.5, description="hard rows: drop a prompt whose chosen beats its "
+                                   "rejected by less than this (|P − 1/2| < δ), counted in the pairs stage")
     sampling: SamplingConfig = SamplingConfig()
     training: TrainConfig = TrainConfig()
     evaluate: EvaluateSection = EvaluateSection()
@@ -108,6 +110,8 @@ class RunConfig(Strict):
             self.rule_at(self.iterations - 1)
         except ValueError as error:
             raise ValueError(f"'eta_final' {self.eta_final}: {error}") from None
+        if self.hard_min_margin and self.rows != "hard":
+            raise ValueError("'hard_min_margin' applies to rows: hard only; remove it or set rows: hard")
         if rule.pointwise and self.rows == "hard":
             raise ValueError(f"{self.algorithm}'s loss is pointwise (one response, target â(y)): use rows: soft")
         return self

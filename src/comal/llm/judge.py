@@ -110,6 +110,49 @@ class Judged:
 
     wins: np.ndarray  # [m, m] over the given responses, wins + winsᵀ = 1, NaN where both orders failed
     failures: int
+    asked: np.ndarray  # [d, d] over the distinct texts: P(i ≻ j) as asked with i listed first (NaN: failed)
+
+
+class JudgeQualityWarning(UserWarning):
+    """The verdicts of a judge stage are mostly position bias or ties."""
+
+
+NEAR_TIE = 0.05  # |P − 1/2| below which a pair's verdict (both orders averaged) counts as a near-tie
+
+
+def judge_quality(asked: Sequence[np.ndarray]) -> dict:
+    """What the verdicts of both orders say about the judge, over every pair judged in both orders:
+
+    - ``first_listed_wins``: mean P(first-listed ≻ second-listed); 1/2 for a judge without position bias;
+    - ``same_winner_both_orders``: share of pairs whose winner does not change when the order does;
+    - ``near_ties``: share of pairs whose averaged verdict is within :data:`NEAR_TIE` of 1/2.
+    """
+    forward, backward = [], []
+    for matrix in asked:
+        upper = np.triu_indices(len(matrix), 1)
+        a, b = matrix[upper], matrix.T[upper]  # P(i ≻ j) asked i first, P(j ≻ i) asked j first
+        both = np.isfinite(a) & np.isfinite(b)
+        forward.append(a[both])
+        backward.append(b[both])
+    a, b = (np.concatenate(side) if side else np.empty(0) for side in (forward, backward))
+    if not len(a):
+        return {"pairs": 0, "first_listed_wins": None, "same_winner_both_orders": None, "near_ties": None}
+    return {"pairs": int(len(a)), "first_listed_wins": float(np.concatenate([a, b]).mean()),
+            "same_winner_both_orders": float(((a - 0.5) * (b - 0.5) < 0).mean()),
+            "near_ties": float((np.abs((a + 1 - b) / 2 - 0.5) < NEAR_TIE).mean())}
+
+
+def judge_warning(quality: dict) -> str | None:
+    """A loud line when the verdicts are mostly position bias or ties (no signal to train on)."""
+    if not quality["pairs"]:
+        return None
+    same, ties = quality["same_winner_both_orders"], quality["near_ties"]
+    if same >= 0.5 and ties <= 0.5:
+        return None
+    return (f"judge: only {same:.0%} of {quality['pairs']} pairs keep their winner when the order is swapped, "
+            f"{ties:.0%} are within {NEAR_TIE} of a tie (P(first listed wins) = {quality['first_listed_wins']:.2f}): "
+            "the verdicts are mostly position bias or noise and the rows carry little signal; use a stronger "
+            "judge or a reward model")
 
 
 def judge_samples(judge: Judge, prompt: str, responses: Sequence[str], cache: JudgeCache | None = None,
@@ -132,7 +175,7 @@ def judge_samples(judge: Judge, prompt: str, responses: Sequence[str], cache: Ju
     judged = np.isfinite(both).sum(0)
     distinct = np.where(judged > 0, np.nansum(both, 0) / np.maximum(judged, 1), np.nan)
     np.fill_diagonal(distinct, 0.5)
-    return Judged(distinct[np.ix_(index, index)], failures)
+    return Judged(distinct[np.ix_(index, index)], failures, single)
 
 
 def _last_positions(attention_mask):
@@ -208,7 +251,13 @@ class LLMJudge(Judge):
             if len(ids) != 1:
                 raise ValueError(f"answer token {token!r} is {len(ids)} tokens for this tokenizer, not one; "
                                  "choose answer tokens that are single tokens")
+            if ids[0] == tokenizer.unk_token_id:
+                raise ValueError(f"answer token {token!r} is not in this tokenizer's vocabulary (it reads as the "
+                                 "unknown token); choose answer tokens the judge can say")
             self.answer_ids.append(ids[0])
+        if self.answer_ids[0] == self.answer_ids[1]:
+            raise ValueError(f"answer tokens {answer_tokens[0]!r} and {answer_tokens[1]!r} are the same token for "
+                             "this tokenizer; every verdict would be 1/2")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.template, self.answer_prefix = template, answer_prefix
         self.batch_size, self.min_mass = batch_size, min_mass

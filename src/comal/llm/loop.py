@@ -22,6 +22,7 @@ config's seed, the iteration and the stage, so a resumed run ends with the same 
 from __future__ import annotations
 
 import json
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from comal.llm.config import RunConfig
 from comal.llm.evaluate import checkpoint_responses, mean_length, plot_win_matrix, win_matrix, win_rate
-from comal.llm.judge import Judge, JudgeCache, build_judge
+from comal.llm.judge import Judge, JudgeCache, JudgeQualityWarning, build_judge
 from comal.llm.prepare import check_model_folder
 from comal.llm.progress import Bar, no_bar, prefixed
 from comal.llm.run_folder import RunError, RunFolder, write_atomically, write_json
@@ -58,8 +59,10 @@ class Run:
     """A configured run in a run folder. Layout and :meth:`status` need no components."""
 
     def __init__(self, config: RunConfig, folder: RunFolder, parts: Components | None = None,
-                 progress: Callable[[str], None] = lambda message: None, bar: Bar = no_bar):
+                 progress: Callable[[str], None] = lambda message: None, bar: Bar = no_bar,
+                 warn: Callable[[str], None] = lambda message: warnings.warn(message, JudgeQualityWarning)):
         self.config, self.folder, self.parts, self.progress, self.bar = config, folder, parts, progress, bar
+        self.warn = warn
         self.rule = config.rule()  # what every iteration shares: policies kept, rounds, outputs
         self.outputs = tuple(step.output for step in self.rule.prox_steps())
         self._states: dict[int, State] = {}
@@ -144,9 +147,13 @@ class Run:
 
     def judge(self, t: int, name: str) -> Path:
         samples = self.folder.require(self.folder.round(t, name, "sample"), f"the samples of '{name}'")
-        return write_atomically(self.folder.round(t, name, "judge"), lambda out: judge_stage(
+        judged = write_atomically(self.folder.round(t, name, "judge"), lambda out: judge_stage(
             out, samples=samples, judge=self._parts().judge, cache=self.judge_cache,
             bar=prefixed(self.bar, f"iteration {t} {name}")))
+        warning = json.loads((judged / "counts.json").read_text()).get("judge_warning")
+        if warning:
+            self.warn(f"iteration {t}, round of {name}: {warning}")
+        return judged
 
     def round_policies(self, t: int, name: str) -> dict[str, Path]:
         """The checkpoints as they stand when the rule first needs the round of ``name``."""
@@ -188,7 +195,7 @@ class Run:
         source = rows_policy(step)
         judged = self.folder.require(self.folder.round(t, source, "judge"), f"the judged samples of '{source}'")
         return write_atomically(self.folder.fit(t, step.output, "pairs"), lambda out: pairs_stage(
-            out, judged=judged, kind=self.row_kind(step)))
+            out, judged=judged, kind=self.row_kind(step), min_margin=self.config.hard_min_margin))
 
     def logprobs(self, t: int, step: ProxStep, policies: dict[str, Path]) -> Path:
         pairs = self.folder.require(self.folder.fit(t, step.output, "pairs"), f"the rows of '{step.output}'")
@@ -291,6 +298,18 @@ class Run:
             labelled["evaluate"] = self.folder.evaluation(t)
         return labelled
 
+    def judge_quality(self) -> list[dict]:
+        """The judge-quality figures of every finished judge stage (:func:`~comal.llm.judge.judge_quality`)."""
+        rows = []
+        for t in range(self.config.iterations):
+            for name in self.rule.sampled_policies():
+                counts = self.folder.round(t, name, "judge") / "counts.json"
+                if counts.is_file():
+                    recorded = json.loads(counts.read_text())
+                    rows.append({"iteration": t, "round": name, **recorded.get("judge_quality", {}),
+                                 "failures": recorded["judge_failures"], "warning": recorded.get("judge_warning")})
+        return rows
+
     def status(self) -> list[dict]:
         """Per iteration and stage: True when complete, "started" while being written (or cut off by a
         kill), False before; "moved"/"kept" for the reference decision."""
@@ -313,7 +332,8 @@ class Run:
 
 def open_run(config: RunConfig, run_dir: str | Path, *, judge: Judge | None = None, model=None, tokenizer=None,
              load_model: Callable | None = None, sampler: Sampler | None = None,
-             progress: Callable[[str], None] = lambda message: None, bar: Bar = no_bar) -> Run:
+             progress: Callable[[str], None] = lambda message: None, bar: Bar = no_bar,
+             warn: Callable[[str], None] = lambda message: warnings.warn(message, JudgeQualityWarning)) -> Run:
     """A run with its components loaded as the config names them; the start policy copied in.
 
     ``model``/``tokenizer`` (objects) replace ``model.path``; ``judge`` (any :class:`Judge`) the
@@ -343,4 +363,4 @@ def open_run(config: RunConfig, run_dir: str | Path, *, judge: Judge | None = No
 
     write_atomically(folder.start, save_start)
     sampler = sampler or model_sampler(load_model, tokenizer, config.sampling.backend)
-    return Run(config, folder, Components(tokenizer, load_model, sampler, judge), progress, bar)
+    return Run(config, folder, Components(tokenizer, load_model, sampler, judge), progress, bar, warn)

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from comal.llm.judge import Judge, JudgeCache, judge_samples
+from comal.llm.judge import Judge, JudgeCache, judge_quality, judge_samples, judge_warning
 from comal.llm.logprobs import Encoded, batched_logps, encode
 from comal.llm.pairs import estimated_advantages, hard_rows, pointwise_rows, soft_rows
 from comal.llm.progress import Advance, Bar, no_bar
@@ -127,7 +128,7 @@ def sample_stage(out: Path, *, prompts: Sequence[str], policy: Path, settings: S
 
 def judge_stage(out: Path, *, samples: Path, judge: Judge, cache: JudgeCache, bar: Bar = no_bar) -> None:
     """Per prompt: the distinct responses, their summed counts and their win matrix (both orders)."""
-    records, failures, empty = [], 0, 0
+    records, failures, empty, asked = [], 0, 0, []
     drawn = load_rows(samples)
     asks = sum(len(set(r["texts"])) * (len(set(r["texts"])) - 1) for r in drawn)  # ordered pairs of distinct texts
     with bar("judge: asks", asks) as advance:
@@ -139,11 +140,14 @@ def judge_stage(out: Path, *, samples: Path, judge: Judge, cache: JudgeCache, ba
                 text_of[tuple(ids)] = text
             judged = judge_samples(judge, record["prompt"], [text_of[ids] for ids in counts], cache, advance)
             failures += judged.failures
+            asked.append(judged.asked)
             records.append({"prompt": record["prompt"], "response_ids": [list(ids) for ids in counts],
                             "texts": [text_of[ids] for ids in counts], "counts": list(counts.values()),
                             "wins": judged.wins.tolist()})
     save_rows(out, records)
-    write_json(out / "counts.json", {"judge_failures": failures, "empty_responses": empty})
+    quality = judge_quality(asked)
+    write_json(out / "counts.json", {"judge_failures": failures, "empty_responses": empty, "judge_quality": quality,
+                                     "judge_warning": judge_warning(quality)})
 
 
 def judged_prompts(judged: Path):
@@ -154,16 +158,25 @@ def judged_prompts(judged: Path):
             yield record, wins
 
 
-def pairs_stage(out: Path, *, judged: Path, kind: str) -> None:
-    """Training rows of ``kind`` (soft, hard or pointwise) from every judged prompt."""
-    make_rows = {"soft": soft_rows, "hard": hard_rows, "pointwise": pointwise_rows}[kind]
-    rows = []
+def pairs_stage(out: Path, *, judged: Path, kind: str, min_margin: float = 0.0) -> None:
+    """Training rows of ``kind`` (soft, hard or pointwise) from every judged prompt; hard rows drop
+    (and count) a prompt whose chosen and rejected are within ``min_margin`` of a tie."""
+    make_rows = {"soft": soft_rows, "hard": partial(hard_rows, min_margin=min_margin), "pointwise": pointwise_rows}[kind]
+    rows, prompts, without_row = [], 0, 0
     for record, wins in judged_prompts(judged):
         responses = record["response_ids"]
+        made = make_rows(wins, record["counts"])
+        prompts, without_row = prompts + 1, without_row + (not made)
         rows += [{"prompt": record["prompt"], "first": responses[row.first],
                   "second": None if row.second is None else responses[row.second], "target": row.target,
-                  "weight": row.weight} for row in make_rows(wins, record["counts"])]
+                  "weight": row.weight} for row in made]
+    if not rows:
+        margin = f" or within hard_min_margin {min_margin} of a tie" if kind == "hard" and min_margin else ""
+        raise RunError(f"no training rows: all {prompts} judged prompts were ties{margin}; check the judge's quality "
+                       "(comal status) and the samples")
     save_rows(out, rows)
+    write_json(out / "counts.json", {"kind": kind, "prompts": prompts, "rows": len(rows),
+                                     "prompts_without_a_row": without_row, "min_margin": min_margin})
 
 
 def encoded_rows(pairs: Path, tokenizer) -> tuple[list[dict], list[tuple[Encoded, Encoded | None]]]:
