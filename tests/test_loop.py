@@ -314,6 +314,8 @@ def test_prompts_come_from_any_local_dataset_form(tmp_path, suffix):
         with pytest.raises(RunError, match="no split 'validation' \\(splits: train, test\\)"):
             load_prompts(path, "instruction", "validation")
     assert load_prompts(path, "instruction") == PROMPTS
+    assert load_prompts(path, "instruction", "train[1:3]") == PROMPTS[1:3]
+    assert load_prompts(path, "instruction", "train[-1:]") == PROMPTS[-1:]
 
 
 def test_unreadable_prompt_files_are_one_clear_error(tmp_path):
@@ -325,6 +327,11 @@ def test_unreadable_prompt_files_are_one_clear_error(tmp_path):
         load_prompts(tmp_path / "run.yaml") if (tmp_path / "run.yaml").write_text("x") else None
     with pytest.raises(RunError, match="not a dataset saved with save_to_disk"):
         load_prompts(tmp_path)
+    (tmp_path / "ok.jsonl").write_text('{"prompt": "hi"}\n')
+    with pytest.raises(RunError, match="only split is 'train'"):
+        load_prompts(tmp_path / "ok.jsonl", split="test")
+    with pytest.raises(RunError, match="not a split name"):
+        load_prompts(tmp_path / "ok.jsonl", split="train[::2]")
 
 
 def test_every_stage_counts_its_items_to_the_total(setup):

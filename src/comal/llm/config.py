@@ -73,7 +73,7 @@ class JudgeSection(Strict):
 
 class EvaluateSection(Strict):
     prompts: Optional[str] = Field(None, description="held-out prompts, in any form 'prompts' takes")
-    split: str = Field("test", description="the split of a saved DatasetDict folder")
+    split: str = Field("train", description="the split (and rows, e.g. train[-200:]) of the held-out prompts")
     max_prompts: int = Field(64, ge=1)
 
 
@@ -82,7 +82,7 @@ class RunConfig(Strict):
     judge: JudgeSection
     prompts: str = Field(description="a local .jsonl, .json, .parquet or .csv file, or a save_to_disk folder")
     prompt_field: str = Field("prompt", description="the column that holds the prompt text")
-    prompt_split: str = Field("train", description="the split of a saved DatasetDict folder")
+    prompt_split: str = Field("train", description="the split of a saved DatasetDict folder, and rows: train[:1700]")
     prompts_per_iteration: Optional[int] = Field(None, ge=1, description="default: all prompts each iteration")
     algorithm: str = Field("comal", description="a rule of comal.rules.RULES")
     iterations: int = Field(24, ge=1)

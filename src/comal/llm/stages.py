@@ -14,6 +14,7 @@ it appears in.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -35,11 +36,21 @@ Sampler = Callable[[Path, Sequence[str], SamplingConfig, Advance], Samples]  # a
 PROMPT_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
-def load_prompts(path: str | Path, field: str = "prompt", split: str = "train") -> list[str]:
-    """The ``field`` text of every row of a local dataset: a ``.jsonl`` / ``.json`` / ``.parquet`` /
-    ``.csv`` file (read by ``datasets``), or a folder written by ``Dataset.save_to_disk`` (a
-    ``DatasetDict`` folder gives its ``split``)."""
-    dataset = _prompt_dataset(Path(path), split)
+SPLIT = re.compile(r"^(?P<name>[\w.-]+)(?:\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?$")
+
+
+def load_prompts(path: str | Path, field: str = "prompt", split: str | None = None) -> list[str]:
+    """The ``field`` text of the rows of a local dataset: a ``.jsonl`` / ``.json`` / ``.parquet`` /
+    ``.csv`` file (read by ``datasets``; its one split is ``train``), or a folder written by
+    ``Dataset.save_to_disk`` (a ``DatasetDict`` folder gives its ``split``, default ``train``). A
+    split may take a slice of rows, ``train[:1700]`` or ``train[-200:]``, as ``datasets`` writes it."""
+    match = SPLIT.match(split or "train")
+    if match is None:
+        raise RunError(f"split '{split}' is not a split name with an optional row slice, e.g. train or train[-200:]")
+    dataset = _prompt_dataset(Path(path), match["name"])
+    rows = range(len(dataset))[slice(*(int(match[k]) if match[k] else None for k in ("start", "stop")))]
+    if match["start"] is not None or match["stop"] is not None:
+        dataset = dataset.select(rows)
     if field not in dataset.column_names:
         raise RunError(f"{path}: no '{field}' column (columns: {', '.join(dataset.column_names) or 'none'}); "
                        "set prompt_field in the config")
@@ -55,6 +66,7 @@ def load_prompts(path: str | Path, field: str = "prompt", split: str = "train") 
 
 
 def _prompt_dataset(path: Path, split: str):
+    """The dataset at ``path``, the split named ``split`` (a file has only ``train``)."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -75,6 +87,9 @@ def _prompt_dataset(path: Path, split: str):
         raise RunError(f"{path}: prompts must be {', '.join(PROMPT_FORMATS)} or a save_to_disk folder")
     if path.stat().st_size == 0:
         raise RunError(f"{path} holds no prompts")
+    if split != "train":
+        raise RunError(f"{path} is one file, whose only split is 'train' (rows may be sliced: train[-200:]), "
+                       f"not '{split}'")
     try:
         return datasets.load_dataset(PROMPT_FORMATS[path.suffix], data_files=str(path), split="train",
                                      keep_in_memory=True)
