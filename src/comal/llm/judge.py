@@ -178,14 +178,6 @@ def judge_samples(judge: Judge, prompt: str, responses: Sequence[str], cache: Ju
     return Judged(distinct[np.ix_(index, index)], failures, single)
 
 
-def _last_positions(attention_mask):
-    """Index of the last real token of every row, for left or right padding."""
-    import torch
-
-    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (attention_mask * positions).argmax(dim=1)
-
-
 class RewardModelJudge(Judge):
     """Bradley-Terry judge from a sequence-classification reward model: ``σ(r(x, a) − r(x, b))``.
 
@@ -272,18 +264,24 @@ class LLMJudge(Judge):
 
         texts = [conversation_text(self.tokenizer, self.fill(x, a, b)) + self.answer_prefix
                  for x, a, b in zip(prompts, first, second)]
-        probabilities = []
+        encoded = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+        order = np.argsort([len(ids) for ids in encoded], kind="stable")  # batches of alike lengths pad little
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        probabilities = np.empty(len(texts))
         for start in range(0, len(texts), self.batch_size):
-            inputs = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
-                                    add_special_tokens=False).to(self.model.device)
+            rows = order[start:start + self.batch_size]
+            width = max(len(encoded[row]) for row in rows)
+            # left-padded, so the next-token logits of every row are at the last position: only those are computed
+            ids = torch.tensor([[pad] * (width - len(encoded[row])) + encoded[row] for row in rows])
+            mask = torch.tensor([[0] * (width - len(encoded[row])) + [1] * len(encoded[row]) for row in rows])
             with torch.no_grad():
-                logits = self.model(**inputs).logits
-            last = logits[torch.arange(len(logits)), _last_positions(inputs["attention_mask"])].float()
+                last = self.model(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
+                                  logits_to_keep=1).logits[:, -1].float()
             answers = last[:, self.answer_ids]
             mass = torch.softmax(last, dim=-1)[:, self.answer_ids].sum(dim=-1)
             p_first = torch.softmax(answers, dim=-1)[:, 0]
-            probabilities.append(torch.where(mass >= self.min_mass, p_first, torch.nan).cpu().numpy())
-        return np.concatenate(probabilities) if probabilities else np.empty(0)
+            probabilities[rows] = torch.where(mass >= self.min_mass, p_first, torch.nan).cpu().numpy()
+        return probabilities
 
 
 def build_judge(section) -> Judge:

@@ -93,8 +93,11 @@ def sample(model, tokenizer, prompts: Sequence[str], config: SamplingConfig,
 
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    drawn: dict[int, list[tuple[int, ...]]] = {}
+    by_length = sorted(range(len(kept)), key=lambda n: len(kept[n][1]))  # batches of alike lengths pad little
     for index, start in enumerate(range(0, len(kept), config.batch_size)):
-        batch = kept[start:start + config.batch_size]
+        numbers = by_length[start:start + config.batch_size]
+        batch = [kept[n] for n in numbers]
         width = max(len(ids) for _, ids in batch)
         input_ids = torch.tensor([(pad_id,) * (width - len(ids)) + ids for _, ids in batch], device=device)
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in batch], device=device)
@@ -106,13 +109,14 @@ def sample(model, tokenizer, prompts: Sequence[str], config: SamplingConfig,
                                     num_return_sequences=config.samples_per_prompt,
                                     pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
         generated = output[:, width:].tolist()
-        for row, (prompt, _) in enumerate(batch):
+        for row, number in enumerate(numbers):
             rows = generated[row * config.samples_per_prompt:(row + 1) * config.samples_per_prompt]
-            responses = [_until_eos(tokens, tokenizer.eos_token_id) for tokens in rows]
-            result.prompts.append(prompt)
-            result.response_ids.append(responses)
-            result.texts.append([tokenizer.decode(r, skip_special_tokens=True) for r in responses])
+            drawn[number] = [_until_eos(tokens, tokenizer.eos_token_id) for tokens in rows]
         advance(len(batch) * config.samples_per_prompt)
+    for number, (prompt, _) in enumerate(kept):  # in the order of the prompts
+        result.prompts.append(prompt)
+        result.response_ids.append(drawn[number])
+        result.texts.append([tokenizer.decode(r, skip_special_tokens=True) for r in drawn[number]])
     return result
 
 
