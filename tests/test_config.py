@@ -79,3 +79,11 @@ def test_the_judge_template_can_live_in_a_file(tmp_path):
                     "prompts: p.jsonl\n")
     with pytest.raises(ConfigError, match="'template' or 'template_file', not both"):
         load_config(path)
+
+
+def test_the_real_model_example_loads_from_anywhere(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    config = load_config(CONFIGS / "smollm2-ultrafeedback.yaml")
+    assert config.model.path.endswith("models/smollm2-135m-instruct") and Path(config.prompts).is_file()
+    assert (config.prompts_per_iteration, config.sampling.samples_per_prompt, config.sampling.max_new_tokens) == (16, 4, 64)
+    assert config.rows == "hard" and config.hard_min_margin == 0.02 and config.evaluate.split == "train[-200:]"

@@ -5,7 +5,7 @@ import pytest
 from scipy.special import expit
 
 from comal.llm.judge import (
-    CallableJudge, JudgeCache, LLMJudge, RewardModelJudge, ScriptedJudge, judge_samples,
+    CallableJudge, JudgeCache, LLMJudge, RewardModelJudge, ScriptedJudge, judge_quality, judge_samples, judge_warning,
 )
 from comal.llm.tiny import tiny_causal_lm, tiny_reward_model, tiny_tokenizer
 
@@ -73,8 +73,9 @@ def test_llm_judge_reads_the_two_answer_tokens():
     judge = LLMJudge(tiny_causal_lm(tokenizer), tokenizer, batch_size=2, min_mass=0.0)
     p = judge.prefer(["say hello"] * 3, ["a b", "c d", "hello world"], ["c d", "a b", "a"])
     assert np.all((p > 0) & (p < 1))
-    one_by_one = [judge.prefer(["say hello"], [a], [b])[0] for a, b in [("a b", "c d"), ("c d", "a b")]]
-    np.testing.assert_allclose(p[:2], one_by_one, atol=1e-5)  # padding does not change the answer
+    one_by_one = [judge.prefer(["say hello"], [a], [b])[0]
+                  for a, b in [("a b", "c d"), ("c d", "a b"), ("hello world", "a")]]
+    np.testing.assert_allclose(p, one_by_one, atol=1e-5)  # padding and batching by length leave the answers
     strict = LLMJudge(judge.model, tokenizer, min_mass=0.99)  # an untrained model puts little mass there
     assert np.isnan(strict.prefer(["say hello"], ["a b"], ["c d"])).all()
 
@@ -86,9 +87,30 @@ def test_llm_judge_refuses_bad_templates_and_answer_tokens():
         LLMJudge(model, tokenizer, template="{instruction} {output_1}")
     with pytest.raises(ValueError, match="'a b' is 2 tokens"):
         LLMJudge(model, tokenizer, answer_tokens=("a b", "c"))
+    with pytest.raises(ValueError, match="'zzz' is not in this tokenizer's vocabulary"):
+        LLMJudge(model, tokenizer, answer_tokens=("zzz", "qqq"))  # each one token: the unknown token
+    with pytest.raises(ValueError, match="are the same token"):
+        LLMJudge(model, tokenizer, answer_tokens=("a", "a"))
 
 
 def test_llm_judge_keeps_braces_in_texts():
     tokenizer = tiny_tokenizer()
     judge = LLMJudge(tiny_causal_lm(tokenizer), tokenizer)
     assert "{output_2}" in judge.fill("write {output_2}", "a", "b")
+
+
+@pytest.mark.parametrize("verdict, first, same, ties, warned", [
+    (lambda x, a, b: 0.9 if len(a) > len(b) else 0.1, 0.5, 1.0, 0.0, False),  # consistent, decisive
+    (lambda x, a, b: 0.9, 0.9, 0.0, 1.0, True),  # the first listed always wins: pure position bias
+    (lambda x, a, b: 0.52 if len(a) > len(b) else 0.48, 0.5, 1.0, 1.0, True),  # consistent but all near-ties
+    (lambda x, a, b: 0.9 if len(a) > len(b) else 0.6, 0.75, 0.0, 0.0, True),  # right on average, flips with order
+])
+def test_judge_quality_reads_position_bias_agreement_and_ties(verdict, first, same, ties, warned):
+    responses = ["a", "a b", "a b c", "a b c d"]  # 6 pairs, every length different
+    asked = [judge_samples(CallableJudge(verdict), prompt, responses).asked for prompt in ("x", "y")]
+    quality = judge_quality(asked)
+    assert quality["pairs"] == 12
+    assert quality["first_listed_wins"] == pytest.approx(first)
+    assert quality["same_winner_both_orders"] == pytest.approx(same)
+    assert quality["near_ties"] == pytest.approx(ties)
+    assert (judge_warning(quality) is not None) == warned

@@ -159,6 +159,7 @@ def test_bad_inputs_are_clear(setup, tmp_path):
     ({"inner": "sppo"}, "unknown inner rule 'sppo'"),
     ({"algorithm": "inpo", "eta": 4.0, "tau_eta_ratio": 1.0}, None),
     ({"algorithm": "inpo", "tau_eta_ratio": 0.5, "eta": None}, "'tau_eta_ratio' needs 'eta'"),
+    ({"hard_min_margin": 0.1}, "'hard_min_margin' applies to rows: hard only"),
 ])
 def test_invalid_combinations_are_refused_by_the_config(setup, extra, message):
     config, tmp = setup
@@ -184,6 +185,10 @@ def test_cli_runs_stages_and_reports_status(setup):
                     ["train", "--step", "current"]):
         result = runner.invoke(app, [command[0], str(run_dir), "--iteration", "0", *command[1:]])
         assert result.exit_code == 0, (command, result.output)
+        if command == ["sample"]:  # each stage reports what it counted (a bar on a terminal, a line in a log)
+            assert "iteration 0 current sample: sequences: 12/12 in" in result.stderr  # 4 prompts × 3 samples
+        if command == ["train"]:
+            assert "iteration 0 fit half train: optimiser steps" in result.stderr
     status = runner.invoke(app, ["status", str(run_dir)])
     assert status.exit_code == 0 and status.stdout.count("done") == 10, status.stdout  # 2 rounds × 2, 2 fits × 3
     assert "kept" in status.stdout  # the reference decision of iteration 0
@@ -196,6 +201,8 @@ def test_cli_runs_stages_and_reports_status(setup):
     assert early.exit_code == 2 and "missing the samples of 'current'" in early.stderr
     early = runner.invoke(app, ["sample", str(tmp / "fresh"), "-i", "0", "--policy", "half"])
     assert early.exit_code == 2 and "missing" in early.stderr
+    (tmp / "fresh" / "iter_000" / "round_half" / "sample.tmp").mkdir(parents=True)  # being written, or killed
+    assert "started" in runner.invoke(app, ["status", str(tmp / "fresh")]).stdout
 
 
 def test_evaluation_win_rates_and_matrix(setup):
@@ -307,6 +314,8 @@ def test_prompts_come_from_any_local_dataset_form(tmp_path, suffix):
         with pytest.raises(RunError, match="no split 'validation' \\(splits: train, test\\)"):
             load_prompts(path, "instruction", "validation")
     assert load_prompts(path, "instruction") == PROMPTS
+    assert load_prompts(path, "instruction", "train[1:3]") == PROMPTS[1:3]
+    assert load_prompts(path, "instruction", "train[-1:]") == PROMPTS[-1:]
 
 
 def test_unreadable_prompt_files_are_one_clear_error(tmp_path):
@@ -318,3 +327,56 @@ def test_unreadable_prompt_files_are_one_clear_error(tmp_path):
         load_prompts(tmp_path / "run.yaml") if (tmp_path / "run.yaml").write_text("x") else None
     with pytest.raises(RunError, match="not a dataset saved with save_to_disk"):
         load_prompts(tmp_path)
+    (tmp_path / "ok.jsonl").write_text('{"prompt": "hi"}\n')
+    with pytest.raises(RunError, match="only split is 'train'"):
+        load_prompts(tmp_path / "ok.jsonl", split="test")
+    with pytest.raises(RunError, match="not a split name"):
+        load_prompts(tmp_path / "ok.jsonl", split="train[::2]")
+
+
+def test_every_stage_counts_its_items_to_the_total(setup):
+    """What a progress bar shows: each stage's items done against the total it announced."""
+    from contextlib import contextmanager
+
+    config, tmp = setup
+    counted = {}
+
+    @contextmanager
+    def bar(description, total):
+        done = []
+        yield done.append
+        counted[description] = (sum(done), total)
+
+    open_run(config(iterations=1, evaluate={"prompts": str(tmp / "prompts.jsonl")}), tmp / "bars",
+             judge=length_judge(), bar=bar).run()
+    assert counted and all(done == total > 0 for done, total in counted.values()), counted
+    kinds = {description.split(": ")[0].split(" ")[-1] for description in counted}
+    assert {"sample", "judge", "log-probs", "train", "responses"} <= kinds, counted
+
+
+def test_a_judge_that_is_mostly_position_bias_is_measured_and_warned_about(setup):
+    from typer.testing import CliRunner
+
+    from comal.cli import app
+    from comal.llm.judge import JudgeQualityWarning
+
+    config, tmp = setup
+    biased = CallableJudge(lambda x, a, b: 0.6 + 0.01 * (len(a) > len(b)))  # whatever comes first wins
+    run = open_run(config(iterations=1, algorithm="inpo", rows="hard", hard_min_margin=0.02), tmp / "biased",
+                   judge=biased)
+    with pytest.warns(JudgeQualityWarning, match="keep their winner when the order is swapped"):
+        run.judged_round(0, "current", run.round_policies(0, "current"))
+    counts = json.loads((tmp / "biased" / "iter_000" / "round_current" / "judge" / "counts.json").read_text())
+    quality = counts["judge_quality"]
+    assert quality["first_listed_wins"] > 0.59 and quality["same_winner_both_orders"] == 0
+    assert quality["near_ties"] == 1.0 and counts["judge_warning"]
+    with pytest.raises(RunError, match="no training rows: all 4 judged prompts were ties or within hard_min_margin"):
+        run.pairs(0, run.prox_steps(0)[0])  # P(longer ≻ shorter) = 0.505 after both orders: every row dropped
+    kept = open_run(config(iterations=1, algorithm="inpo", rows="hard", hard_min_margin=0.004), tmp / "kept",
+                    judge=biased)
+    with pytest.warns(JudgeQualityWarning):
+        kept.iteration(0)
+    pairs = json.loads((tmp / "kept" / "iter_000" / "fit_current" / "pairs" / "counts.json").read_text())
+    assert pairs["rows"] + pairs["prompts_without_a_row"] == pairs["prompts"] == 4
+    status = CliRunner().invoke(app, ["status", str(tmp / "biased")])
+    assert status.exit_code == 0 and "judge quality" in status.stdout and "0.60" in status.stdout

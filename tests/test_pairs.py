@@ -43,6 +43,8 @@ def test_hard_row_is_best_against_second_best():
     wins = np.array([[0.5, 0.9, 0.6], [0.1, 0.5, 0.2], [0.4, 0.8, 0.5]])
     assert hard_rows(wins) == [PairRow(0, 2, 0.5)]
     assert hard_rows(np.full((3, 3), 0.5)) == []
+    assert hard_rows(wins, min_margin=0.05) == [PairRow(0, 2, 0.5)]  # P(chosen ≻ rejected) = 0.6: kept at δ = 0.05
+    assert hard_rows(wins, min_margin=0.15) == []  # dropped: within 0.15 of a tie
 
 
 def test_bad_win_matrix():

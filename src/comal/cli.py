@@ -57,6 +57,16 @@ def _progress(total: int, description: str) -> Progress:
     return progress
 
 
+def _warn(message: str) -> None:
+    errors.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def _bars():
+    from comal.llm.progress import rich_bars
+
+    return rich_bars(errors)
+
+
 def _steps(value: int | None) -> str:
     return "not reached" if value is None else f"{value:,}"
 
@@ -199,7 +209,7 @@ def _open_run(run_dir: Path):
     """The run with its models and judge loaded, for the stage commands."""
     from comal.llm.loop import open_run
 
-    return open_run(_saved_config(run_dir), run_dir, progress=_say)
+    return open_run(_saved_config(run_dir), run_dir, progress=_say, bar=_bars(), warn=_warn)
 
 
 @app.command("demo")
@@ -292,7 +302,7 @@ def run_pipeline(config: Path = typer.Argument(..., help="YAML run configuration
 
     settings = load_config(config)
     run_dir = out or Path("runs") / config.stem
-    open_run(settings, run_dir, progress=_say).run()
+    open_run(settings, run_dir, progress=_say, bar=_bars(), warn=_warn).run()
     console.print(f"finished {settings.iterations} iterations in {run_dir}")
 
 
@@ -307,9 +317,21 @@ def status_command(run_dir: Path = typer.Argument(..., help="run folder")):
     rows = run.status()
     table = Table("iteration", *list(rows[0])[1:], title=f"{run_dir}: {run.config.algorithm}")
     for row in rows:
-        table.add_row(str(row["iteration"]), *(value if isinstance(value, str) else "[green]done[/]" if value else "·"
+        table.add_row(str(row["iteration"]), *("[yellow]started[/]" if value == "started" else value
+                                               if isinstance(value, str) else "[green]done[/]" if value else "·"
                                                for value in list(row.values())[1:]))
     console.print(table)
+    quality = run.judge_quality()
+    if quality:
+        judged = Table("iteration", "round", "pairs", "P(first listed wins)", "same winner both orders", "near-ties",
+                       "failures", title="judge quality (both orders of every pair; 1/2, high and low for a good judge)")
+        for row in quality:
+            figures = [row.get(key) for key in ("first_listed_wins", "same_winner_both_orders", "near_ties")]
+            style = "[bold yellow]" if row["warning"] else ""
+            judged.add_row(str(row["iteration"]), row["round"], str(row.get("pairs", 0)),
+                           *(f"{style}{value:.2f}" if value is not None else "–" for value in figures),
+                           str(row["failures"]))
+        console.print(judged)
 
 
 def _round_command(name: str, help_text: str):

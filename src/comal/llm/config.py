@@ -73,7 +73,7 @@ class JudgeSection(Strict):
 
 class EvaluateSection(Strict):
     prompts: Optional[str] = Field(None, description="held-out prompts, in any form 'prompts' takes")
-    split: str = Field("test", description="the split of a saved DatasetDict folder")
+    split: str = Field("train", description="the split (and rows, e.g. train[-200:]) of the held-out prompts")
     max_prompts: int = Field(64, ge=1)
 
 
@@ -82,7 +82,7 @@ class RunConfig(Strict):
     judge: JudgeSection
     prompts: str = Field(description="a local .jsonl, .json, .parquet or .csv file, or a save_to_disk folder")
     prompt_field: str = Field("prompt", description="the column that holds the prompt text")
-    prompt_split: str = Field("train", description="the split of a saved DatasetDict folder")
+    prompt_split: str = Field("train", description="the split of a saved DatasetDict folder, and rows: train[:1700]")
     prompts_per_iteration: Optional[int] = Field(None, ge=1, description="default: all prompts each iteration")
     algorithm: str = Field("comal", description="a rule of comal.rules.RULES")
     iterations: int = Field(24, ge=1)
@@ -94,6 +94,8 @@ class RunConfig(Strict):
     eta_final: Optional[float] = Field(None, gt=0, description="η decays geometrically to this over the iterations, "
                                        "ητ held (default: η constant)")
     rows: Literal["hard", "soft"] = "hard"
+    hard_min_margin: float = Field(0.0, ge=0, lt=0.5, description="hard rows: drop a prompt whose chosen beats its "
+                                   "rejected by less than this (|P − 1/2| < δ), counted in the pairs stage")
     sampling: SamplingConfig = SamplingConfig()
     training: TrainConfig = TrainConfig()
     evaluate: EvaluateSection = EvaluateSection()
@@ -108,6 +110,8 @@ class RunConfig(Strict):
             self.rule_at(self.iterations - 1)
         except ValueError as error:
             raise ValueError(f"'eta_final' {self.eta_final}: {error}") from None
+        if self.hard_min_margin and self.rows != "hard":
+            raise ValueError("'hard_min_margin' applies to rows: hard only; remove it or set rows: hard")
         if rule.pointwise and self.rows == "hard":
             raise ValueError(f"{self.algorithm}'s loss is pointwise (one response, target â(y)): use rows: soft")
         return self

@@ -14,15 +14,18 @@ from typing import Callable, Sequence
 import numpy as np
 
 from comal.llm.judge import Judge, JudgeCache, cached_prefer
+from comal.llm.progress import Advance, Bar, no_bar
 from comal.llm.run_folder import write_atomically
 from comal.llm.sample import Samples
 
 
-def checkpoint_responses(folder: Path, prompts: Sequence[str], draw: Callable[[Sequence[str]], Samples]) -> list:
+def checkpoint_responses(folder: Path, prompts: Sequence[str], draw: Callable[[Sequence[str], Advance], Samples],
+                         bar: Bar = no_bar) -> list:
     """One response per prompt (None where a prompt was skipped) from ``draw``, cached in ``folder``."""
 
     def write(temporary: Path):
-        drawn = draw(prompts)
+        with bar("responses", len(prompts)) as advance:
+            drawn = draw(prompts, advance)
         by_prompt = dict(zip(drawn.prompts, (texts[0] for texts in drawn.texts)))
         (temporary / "responses.json").write_text(json.dumps([by_prompt.get(p) for p in prompts]))
 
@@ -31,11 +34,11 @@ def checkpoint_responses(folder: Path, prompts: Sequence[str], draw: Callable[[S
 
 
 def win_rate(judge: Judge, prompts: Sequence[str], first: Sequence[str | None], second: Sequence[str | None],
-             cache: JudgeCache | None = None) -> tuple[float, int]:
+             cache: JudgeCache | None = None, advance: Advance = lambda count: None) -> tuple[float, int]:
     """Mean soft score of ``first`` over ``second`` (both orders) and the number of judge failures."""
     keep = [i for i, (a, b) in enumerate(zip(first, second)) if a is not None and b is not None]
     asks = [(prompts[i], first[i], second[i]) for i in keep] + [(prompts[i], second[i], first[i]) for i in keep]
-    asked = cached_prefer(judge, asks, cache if cache is not None else JudgeCache())
+    asked = cached_prefer(judge, asks, cache if cache is not None else JudgeCache(), advance)
     forward, backward = asked[:len(keep)], asked[len(keep):]
     scores = np.nanmean(np.stack([forward, 1 - backward]), axis=0)
     failures = int(np.isnan(forward).sum() + np.isnan(backward).sum())

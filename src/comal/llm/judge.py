@@ -87,14 +87,20 @@ class JudgeCache:
                 handle.write("\n".join(lines) + "\n")
 
 
-def cached_prefer(judge: Judge, asks: Sequence[tuple[str, str, str]], cache: JudgeCache) -> np.ndarray:
+def cached_prefer(judge: Judge, asks: Sequence[tuple[str, str, str]], cache: JudgeCache,
+                  advance: Callable[[int], None] = lambda count: None) -> np.ndarray:
     """``P(first ≻ second | prompt)`` for each ``(prompt, first, second)``, asking the judge only
-    for those not in ``cache`` (in one batch) and recording them there."""
+    for those not in ``cache``, a batch of the judge's size at a time, each recorded there as it
+    comes (a killed stage keeps what was judged); ``advance`` counts the asks, cached ones at once."""
     keys = [JudgeCache.key(*ask) for ask in asks]
     todo = [n for n, key in enumerate(keys) if key not in cache.values]
-    if todo:
-        prompts, first, second = zip(*[asks[n] for n in todo])
-        cache.add([keys[n] for n in todo], np.asarray(judge.prefer(prompts, first, second), dtype=np.float64))
+    advance(len(asks) - len(todo))
+    size = getattr(judge, "batch_size", None) or max(len(todo), 1)
+    for start in range(0, len(todo), size):
+        chunk = todo[start:start + size]
+        prompts, first, second = zip(*[asks[n] for n in chunk])
+        cache.add([keys[n] for n in chunk], np.asarray(judge.prefer(prompts, first, second), dtype=np.float64))
+        advance(len(chunk))
     return np.array([cache.values[key] for key in keys])
 
 
@@ -104,9 +110,53 @@ class Judged:
 
     wins: np.ndarray  # [m, m] over the given responses, wins + winsᵀ = 1, NaN where both orders failed
     failures: int
+    asked: np.ndarray  # [d, d] over the distinct texts: P(i ≻ j) as asked with i listed first (NaN: failed)
 
 
-def judge_samples(judge: Judge, prompt: str, responses: Sequence[str], cache: JudgeCache | None = None) -> Judged:
+class JudgeQualityWarning(UserWarning):
+    """The verdicts of a judge stage are mostly position bias or ties."""
+
+
+NEAR_TIE = 0.05  # |P − 1/2| below which a pair's verdict (both orders averaged) counts as a near-tie
+
+
+def judge_quality(asked: Sequence[np.ndarray]) -> dict:
+    """What the verdicts of both orders say about the judge, over every pair judged in both orders:
+
+    - ``first_listed_wins``: mean P(first-listed ≻ second-listed); 1/2 for a judge without position bias;
+    - ``same_winner_both_orders``: share of pairs whose winner does not change when the order does;
+    - ``near_ties``: share of pairs whose averaged verdict is within :data:`NEAR_TIE` of 1/2.
+    """
+    forward, backward = [], []
+    for matrix in asked:
+        upper = np.triu_indices(len(matrix), 1)
+        a, b = matrix[upper], matrix.T[upper]  # P(i ≻ j) asked i first, P(j ≻ i) asked j first
+        both = np.isfinite(a) & np.isfinite(b)
+        forward.append(a[both])
+        backward.append(b[both])
+    a, b = (np.concatenate(side) if side else np.empty(0) for side in (forward, backward))
+    if not len(a):
+        return {"pairs": 0, "first_listed_wins": None, "same_winner_both_orders": None, "near_ties": None}
+    return {"pairs": int(len(a)), "first_listed_wins": float(np.concatenate([a, b]).mean()),
+            "same_winner_both_orders": float(((a - 0.5) * (b - 0.5) < 0).mean()),
+            "near_ties": float((np.abs((a + 1 - b) / 2 - 0.5) < NEAR_TIE).mean())}
+
+
+def judge_warning(quality: dict) -> str | None:
+    """A loud line when the verdicts are mostly position bias or ties (no signal to train on)."""
+    if not quality["pairs"]:
+        return None
+    same, ties = quality["same_winner_both_orders"], quality["near_ties"]
+    if same >= 0.5 and ties <= 0.5:
+        return None
+    return (f"judge: only {same:.0%} of {quality['pairs']} pairs keep their winner when the order is swapped, "
+            f"{ties:.0%} are within {NEAR_TIE} of a tie (P(first listed wins) = {quality['first_listed_wins']:.2f}): "
+            "the verdicts are mostly position bias or noise and the rows carry little signal; use a stronger "
+            "judge or a reward model")
+
+
+def judge_samples(judge: Judge, prompt: str, responses: Sequence[str], cache: JudgeCache | None = None,
+                  advance: Callable[[int], None] = lambda count: None) -> Judged:
     """Judge every ordered pair of ``responses`` (both orders, averaged), using ``cache`` if given.
 
     Equal texts are judged once and tie at 1/2 with each other.
@@ -118,22 +168,14 @@ def judge_samples(judge: Judge, prompt: str, responses: Sequence[str], cache: Ju
     if ordered:
         rows, columns = np.array(ordered).T
         single[rows, columns] = cached_prefer(judge, [(prompt, texts[i], texts[j]) for i, j in ordered],
-                                              cache if cache is not None else JudgeCache())
+                                              cache if cache is not None else JudgeCache(), advance)
     failures = int(np.isnan(single).sum()) - m
     # P(i ≻ j) from both orders: asked as (i, j) and, reversed, as 1 − P(j ≻ i); NaN if both failed
     both = np.stack([single, 1.0 - single.T])
     judged = np.isfinite(both).sum(0)
     distinct = np.where(judged > 0, np.nansum(both, 0) / np.maximum(judged, 1), np.nan)
     np.fill_diagonal(distinct, 0.5)
-    return Judged(distinct[np.ix_(index, index)], failures)
-
-
-def _last_positions(attention_mask):
-    """Index of the last real token of every row, for left or right padding."""
-    import torch
-
-    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (attention_mask * positions).argmax(dim=1)
+    return Judged(distinct[np.ix_(index, index)], failures, single)
 
 
 class RewardModelJudge(Judge):
@@ -201,7 +243,13 @@ class LLMJudge(Judge):
             if len(ids) != 1:
                 raise ValueError(f"answer token {token!r} is {len(ids)} tokens for this tokenizer, not one; "
                                  "choose answer tokens that are single tokens")
+            if ids[0] == tokenizer.unk_token_id:
+                raise ValueError(f"answer token {token!r} is not in this tokenizer's vocabulary (it reads as the "
+                                 "unknown token); choose answer tokens the judge can say")
             self.answer_ids.append(ids[0])
+        if self.answer_ids[0] == self.answer_ids[1]:
+            raise ValueError(f"answer tokens {answer_tokens[0]!r} and {answer_tokens[1]!r} are the same token for "
+                             "this tokenizer; every verdict would be 1/2")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.template, self.answer_prefix = template, answer_prefix
         self.batch_size, self.min_mass = batch_size, min_mass
@@ -216,18 +264,24 @@ class LLMJudge(Judge):
 
         texts = [conversation_text(self.tokenizer, self.fill(x, a, b)) + self.answer_prefix
                  for x, a, b in zip(prompts, first, second)]
-        probabilities = []
+        encoded = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+        order = np.argsort([len(ids) for ids in encoded], kind="stable")  # batches of alike lengths pad little
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        probabilities = np.empty(len(texts))
         for start in range(0, len(texts), self.batch_size):
-            inputs = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
-                                    add_special_tokens=False).to(self.model.device)
+            rows = order[start:start + self.batch_size]
+            width = max(len(encoded[row]) for row in rows)
+            # left-padded, so the next-token logits of every row are at the last position: only those are computed
+            ids = torch.tensor([[pad] * (width - len(encoded[row])) + encoded[row] for row in rows])
+            mask = torch.tensor([[0] * (width - len(encoded[row])) + [1] * len(encoded[row]) for row in rows])
             with torch.no_grad():
-                logits = self.model(**inputs).logits
-            last = logits[torch.arange(len(logits)), _last_positions(inputs["attention_mask"])].float()
+                last = self.model(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
+                                  logits_to_keep=1).logits[:, -1].float()
             answers = last[:, self.answer_ids]
             mass = torch.softmax(last, dim=-1)[:, self.answer_ids].sum(dim=-1)
             p_first = torch.softmax(answers, dim=-1)[:, 0]
-            probabilities.append(torch.where(mass >= self.min_mass, p_first, torch.nan).cpu().numpy())
-        return np.concatenate(probabilities) if probabilities else np.empty(0)
+            probabilities[rows] = torch.where(mass >= self.min_mass, p_first, torch.nan).cpu().numpy()
+        return probabilities
 
 
 def build_judge(section) -> Judge:

@@ -8,7 +8,7 @@ stored as columns of the training data, so training holds only π_θ in memory.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -63,12 +63,14 @@ def sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return (token_logps * batch["response_mask"][:, 1:]).sum(dim=-1)
 
 
-def batched_logps(model, sequences: Sequence[Encoded], pad_id: int, batch_size: int = 8) -> np.ndarray:
-    """Sequence log-probs of many sequences, without gradients, in float64."""
+def batched_logps(model, sequences: Sequence[Encoded], pad_id: int, batch_size: int = 8,
+                  advance: Callable[[int], None] = lambda count: None) -> np.ndarray:
+    """Sequence log-probs of many sequences, without gradients, in float64 (``advance`` counts them)."""
     device = next(model.parameters()).device
     values = []
     with torch.no_grad():
         for start in range(0, len(sequences), batch_size):
             batch = collate(sequences[start:start + batch_size], pad_id, device)
             values.append(sequence_logps(model, batch).double().cpu().numpy())
+            advance(len(values[-1]))
     return np.concatenate(values) if values else np.empty(0)

@@ -22,6 +22,7 @@ config's seed, the iteration and the stage, so a resumed run ends with the same 
 from __future__ import annotations
 
 import json
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,8 +31,9 @@ from pathlib import Path
 
 from comal.llm.config import RunConfig
 from comal.llm.evaluate import checkpoint_responses, mean_length, plot_win_matrix, win_matrix, win_rate
-from comal.llm.judge import Judge, JudgeCache, build_judge
+from comal.llm.judge import Judge, JudgeCache, JudgeQualityWarning, build_judge
 from comal.llm.prepare import check_model_folder
+from comal.llm.progress import Bar, no_bar, prefixed
 from comal.llm.run_folder import RunError, RunFolder, write_atomically, write_json
 from comal.llm.stages import (
     RoundEstimates, Sampler, judge_stage, load_prompts, logprobs_stage, model_sampler, pairs_stage, sample_stage,
@@ -57,8 +59,10 @@ class Run:
     """A configured run in a run folder. Layout and :meth:`status` need no components."""
 
     def __init__(self, config: RunConfig, folder: RunFolder, parts: Components | None = None,
-                 progress: Callable[[str], None] = lambda message: None):
-        self.config, self.folder, self.parts, self.progress = config, folder, parts, progress
+                 progress: Callable[[str], None] = lambda message: None, bar: Bar = no_bar,
+                 warn: Callable[[str], None] = lambda message: warnings.warn(message, JudgeQualityWarning)):
+        self.config, self.folder, self.parts, self.progress, self.bar = config, folder, parts, progress, bar
+        self.warn = warn
         self.rule = config.rule()  # what every iteration shares: policies kept, rounds, outputs
         self.outputs = tuple(step.output for step in self.rule.prox_steps())
         self._states: dict[int, State] = {}
@@ -138,12 +142,18 @@ class Run:
         """Round of samples of policy ``name`` (its checkpoint in ``policies``) in iteration ``t``."""
         settings = self.config.sampling.model_copy(update={"seed": self.seed(t, f"sample/{name}")})
         return write_atomically(self.folder.round(t, name, "sample"), lambda out: sample_stage(
-            out, prompts=self.prompts(t), policy=policies[name], settings=settings, sampler=self._parts().sampler))
+            out, prompts=self.prompts(t), policy=policies[name], settings=settings, sampler=self._parts().sampler,
+            bar=prefixed(self.bar, f"iteration {t} {name}")))
 
     def judge(self, t: int, name: str) -> Path:
         samples = self.folder.require(self.folder.round(t, name, "sample"), f"the samples of '{name}'")
-        return write_atomically(self.folder.round(t, name, "judge"), lambda out: judge_stage(
-            out, samples=samples, judge=self._parts().judge, cache=self.judge_cache))
+        judged = write_atomically(self.folder.round(t, name, "judge"), lambda out: judge_stage(
+            out, samples=samples, judge=self._parts().judge, cache=self.judge_cache,
+            bar=prefixed(self.bar, f"iteration {t} {name}")))
+        warning = json.loads((judged / "counts.json").read_text()).get("judge_warning")
+        if warning:
+            self.warn(f"iteration {t}, round of {name}: {warning}")
+        return judged
 
     def round_policies(self, t: int, name: str) -> dict[str, Path]:
         """The checkpoints as they stand when the rule first needs the round of ``name``."""
@@ -185,7 +195,7 @@ class Run:
         source = rows_policy(step)
         judged = self.folder.require(self.folder.round(t, source, "judge"), f"the judged samples of '{source}'")
         return write_atomically(self.folder.fit(t, step.output, "pairs"), lambda out: pairs_stage(
-            out, judged=judged, kind=self.row_kind(step)))
+            out, judged=judged, kind=self.row_kind(step), min_margin=self.config.hard_min_margin))
 
     def logprobs(self, t: int, step: ProxStep, policies: dict[str, Path]) -> Path:
         pairs = self.folder.require(self.folder.fit(t, step.output, "pairs"), f"the rows of '{step.output}'")
@@ -193,7 +203,7 @@ class Run:
         parts = self._parts()
         return write_atomically(self.folder.fit(t, step.output, "logprobs"), lambda out: logprobs_stage(
             out, pairs=pairs, anchors=anchors, load_model=parts.load_model, tokenizer=parts.tokenizer,
-            batch_size=self.config.training.batch_size))
+            batch_size=self.config.training.batch_size, bar=prefixed(self.bar, f"iteration {t} fit {step.output}")))
 
     def fit_start(self, step: ProxStep, policies: dict[str, Path]) -> Path:
         """The fit starts from the policy it replaces, or (made this iteration) the heaviest anchor."""
@@ -207,7 +217,8 @@ class Run:
         parts = self._parts()
         return write_atomically(self.folder.fit(t, step.output, "train"), lambda out: train_stage(
             out, pairs=pairs, logprobs=logprobs, step=step, start=self.fit_start(step, policies),
-            load_model=parts.load_model, tokenizer=parts.tokenizer, settings=settings, lora=self.config.model.lora))
+            load_model=parts.load_model, tokenizer=parts.tokenizer, settings=settings, lora=self.config.model.lora,
+            bar=prefixed(self.bar, f"iteration {t} fit {step.output}")))
 
     def fit(self, t: int, index: int) -> None:
         """Pairs, anchor log-probs and training of the ``index``-th step of iteration ``t``."""
@@ -236,7 +247,8 @@ class Run:
         label = checkpoint.relative_to(self.folder.root).as_posix().replace("/", "__")
         settings = self.config.sampling.model_copy(update={"samples_per_prompt": 1, "seed": self.config.seed + 7_919})
         return checkpoint_responses(self.folder.eval_dir / "responses" / label, prompts,
-                                    lambda chosen: self._parts().sampler(checkpoint, chosen, settings))
+                                    lambda chosen, advance: self._parts().sampler(checkpoint, chosen, settings, advance),
+                                    prefixed(self.bar, f"evaluate {label.split('__')[0]}"))
 
     def evaluate(self, t: int) -> Path:
         """Win rates of π_{t+1} against π_0 and against π_t, and mean response lengths."""
@@ -247,8 +259,9 @@ class Run:
             new, start, previous = (self.responses(path, prompts)
                                     for path in (self.policy(t + 1), self.folder.start, self.policy(t)))
             judge = self._parts().judge
-            versus_start, failures_start = win_rate(judge, prompts, new, start, cache)
-            versus_previous, failures_previous = win_rate(judge, prompts, new, previous, cache)
+            with self.bar(f"evaluate iteration {t}: judge asks", 4 * len(prompts)) as advance:
+                versus_start, failures_start = win_rate(judge, prompts, new, start, cache, advance)
+                versus_previous, failures_previous = win_rate(judge, prompts, new, previous, cache, advance)
             write_json(out / "metrics.json", {
                 "iteration": t, "win_rate_vs_start": versus_start, "win_rate_vs_previous": versus_previous,
                 "mean_length": mean_length(new), "start_mean_length": mean_length(start),
@@ -285,12 +298,26 @@ class Run:
             labelled["evaluate"] = self.folder.evaluation(t)
         return labelled
 
-    def status(self) -> list[dict]:
-        """Which stages of which iterations are complete, and where μ moved."""
+    def judge_quality(self) -> list[dict]:
+        """The judge-quality figures of every finished judge stage (:func:`~comal.llm.judge.judge_quality`)."""
         rows = []
         for t in range(self.config.iterations):
-            row = {"iteration": t, **{label: self.folder.done(path) for label, path in self.stages(t).items()}}
-            if row.get("reference"):
+            for name in self.rule.sampled_policies():
+                counts = self.folder.round(t, name, "judge") / "counts.json"
+                if counts.is_file():
+                    recorded = json.loads(counts.read_text())
+                    rows.append({"iteration": t, "round": name, **recorded.get("judge_quality", {}),
+                                 "failures": recorded["judge_failures"], "warning": recorded.get("judge_warning")})
+        return rows
+
+    def status(self) -> list[dict]:
+        """Per iteration and stage: True when complete, "started" while being written (or cut off by a
+        kill), False before; "moved"/"kept" for the reference decision."""
+        rows = []
+        for t in range(self.config.iterations):
+            row = {"iteration": t, **{label: self.folder.done(path) or ("started" if self.folder.started(path) else False)
+                                      for label, path in self.stages(t).items()}}
+            if row.get("reference") is True:
                 row["reference"] = "moved" if self.reference_moved(t) else "kept"
             rows.append(row)
         return rows
@@ -305,7 +332,8 @@ class Run:
 
 def open_run(config: RunConfig, run_dir: str | Path, *, judge: Judge | None = None, model=None, tokenizer=None,
              load_model: Callable | None = None, sampler: Sampler | None = None,
-             progress: Callable[[str], None] = lambda message: None) -> Run:
+             progress: Callable[[str], None] = lambda message: None, bar: Bar = no_bar,
+             warn: Callable[[str], None] = lambda message: warnings.warn(message, JudgeQualityWarning)) -> Run:
     """A run with its components loaded as the config names them; the start policy copied in.
 
     ``model``/``tokenizer`` (objects) replace ``model.path``; ``judge`` (any :class:`Judge`) the
@@ -335,4 +363,4 @@ def open_run(config: RunConfig, run_dir: str | Path, *, judge: Judge | None = No
 
     write_atomically(folder.start, save_start)
     sampler = sampler or model_sampler(load_model, tokenizer, config.sampling.backend)
-    return Run(config, folder, Components(tokenizer, load_model, sampler, judge), progress)
+    return Run(config, folder, Components(tokenizer, load_model, sampler, judge), progress, bar, warn)

@@ -63,14 +63,18 @@ def pointwise_rows(wins: np.ndarray, counts=None) -> list[PairRow]:
     return [PairRow(u, None, float(advantages[u]), float(counts[u])) for u in range(len(advantages))]
 
 
-def hard_rows(wins: np.ndarray, counts=None) -> list[PairRow]:
+def hard_rows(wins: np.ndarray, counts=None, min_margin: float = 0.0) -> list[PairRow]:
     """Chosen = best average win rate, rejected = second best (the official COMAL code); target 1/2.
 
-    Ties are broken by order. A prompt whose responses all score the same gives no row.
+    Ties are broken by order. A prompt whose responses all score the same gives no row, nor one
+    whose chosen beats its rejected by less than ``min_margin`` (``|P(chosen ≻ rejected) − 1/2| <
+    min_margin``: a near-tie the loss would still push to a margin of η/2).
     """
     advantages = estimated_advantages(wins, counts)
     if len(advantages) < 2:
         return []
     order = np.argsort(-advantages, kind="stable")
     best, second = int(order[0]), int(order[1])
-    return [] if advantages[best] == advantages[second] else [PairRow(best, second, 0.5)]
+    if advantages[best] == advantages[second] or abs(wins[best, second] - 0.5) < min_margin:
+        return []
+    return [PairRow(best, second, 0.5)]

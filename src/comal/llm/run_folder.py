@@ -101,6 +101,11 @@ class RunFolder:
     def done(path: Path) -> bool:
         return path.is_dir()
 
+    @staticmethod
+    def started(path: Path) -> bool:
+        """A stage being written now, or cut off by a kill (its ``.tmp`` folder; a rerun redoes it)."""
+        return path.with_name(path.name + ".tmp").is_dir()
+
     def require(self, path: Path, what: str) -> Path:
         """``path`` if that earlier output exists, else a clear error saying what to run first."""
         if not self.done(path):

@@ -8,7 +8,7 @@ room for ``max_new_tokens`` are truncated from the left or skipped, and counted.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,7 +45,8 @@ class Samples:
     counts: list[list[float]] | None = None
 
 
-def sample_with_vllm(model_path, tokenizer, prompts: Sequence[str], config: SamplingConfig) -> Samples:
+def sample_with_vllm(model_path, tokenizer, prompts: Sequence[str], config: SamplingConfig,
+                     advance: Callable[[int], None] = lambda count: None) -> Samples:
     """The same stage on vLLM (imported only here; ``pip install vllm``). Prompts longer than the
     context are left to vLLM, which refuses them."""
     try:
@@ -58,6 +59,7 @@ def sample_with_vllm(model_path, tokenizer, prompts: Sequence[str], config: Samp
                             max_tokens=config.max_new_tokens, seed=config.seed)
     encoded = [list(encode(tokenizer, prompt, ()).ids) for prompt in prompts]
     outputs = engine.generate([{"prompt_token_ids": ids} for ids in encoded], params)
+    advance(len(prompts) * config.samples_per_prompt)
     result = Samples()
     for prompt, output in zip(prompts, outputs):
         responses = [tuple(choice.token_ids) for choice in output.outputs]
@@ -71,8 +73,10 @@ def context_limit(model) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
-def sample(model, tokenizer, prompts: Sequence[str], config: SamplingConfig) -> Samples:
-    """Draw ``config.samples_per_prompt`` responses for every prompt."""
+def sample(model, tokenizer, prompts: Sequence[str], config: SamplingConfig,
+           advance: Callable[[int], None] = lambda count: None) -> Samples:
+    """Draw ``config.samples_per_prompt`` responses for every prompt (``advance`` counts sequences;
+    a skipped prompt counts as drawn)."""
     limit = context_limit(model)
     result = Samples()
     kept: list[tuple[str, tuple[int, ...]]] = []
@@ -85,11 +89,15 @@ def sample(model, tokenizer, prompts: Sequence[str], config: SamplingConfig) -> 
                 continue
             ids, result.truncated = ids[-room:], result.truncated + 1
         kept.append((prompt, ids))
+    advance(result.skipped * config.samples_per_prompt)
 
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    drawn: dict[int, list[tuple[int, ...]]] = {}
+    by_length = sorted(range(len(kept)), key=lambda n: len(kept[n][1]))  # batches of alike lengths pad little
     for index, start in enumerate(range(0, len(kept), config.batch_size)):
-        batch = kept[start:start + config.batch_size]
+        numbers = by_length[start:start + config.batch_size]
+        batch = [kept[n] for n in numbers]
         width = max(len(ids) for _, ids in batch)
         input_ids = torch.tensor([(pad_id,) * (width - len(ids)) + ids for _, ids in batch], device=device)
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in batch], device=device)
@@ -101,12 +109,14 @@ def sample(model, tokenizer, prompts: Sequence[str], config: SamplingConfig) -> 
                                     num_return_sequences=config.samples_per_prompt,
                                     pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
         generated = output[:, width:].tolist()
-        for row, (prompt, _) in enumerate(batch):
+        for row, number in enumerate(numbers):
             rows = generated[row * config.samples_per_prompt:(row + 1) * config.samples_per_prompt]
-            responses = [_until_eos(tokens, tokenizer.eos_token_id) for tokens in rows]
-            result.prompts.append(prompt)
-            result.response_ids.append(responses)
-            result.texts.append([tokenizer.decode(r, skip_special_tokens=True) for r in responses])
+            drawn[number] = [_until_eos(tokens, tokenizer.eos_token_id) for tokens in rows]
+        advance(len(batch) * config.samples_per_prompt)
+    for number, (prompt, _) in enumerate(kept):  # in the order of the prompts
+        result.prompts.append(prompt)
+        result.response_ids.append(drawn[number])
+        result.texts.append([tokenizer.decode(r, skip_special_tokens=True) for r in drawn[number]])
     return result
 
 

@@ -14,30 +14,43 @@ it appears in.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from comal.llm.judge import Judge, JudgeCache, judge_samples
+from comal.llm.judge import Judge, JudgeCache, judge_quality, judge_samples, judge_warning
 from comal.llm.logprobs import Encoded, batched_logps, encode
 from comal.llm.pairs import estimated_advantages, hard_rows, pointwise_rows, soft_rows
+from comal.llm.progress import Advance, Bar, no_bar
 from comal.llm.run_folder import RunError, load_rows, save_rows, write_json
 from comal.llm.sample import Samples, SamplingConfig, sample, sample_with_vllm
 from comal.llm.train import TrainConfig, TrainRow, train
 from comal.rules import ProxStep
 
-Sampler = Callable[[Path, Sequence[str], SamplingConfig], Samples]
+Sampler = Callable[[Path, Sequence[str], SamplingConfig, Advance], Samples]  # advance(sequences drawn)
 
 
 PROMPT_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
-def load_prompts(path: str | Path, field: str = "prompt", split: str = "train") -> list[str]:
-    """The ``field`` text of every row of a local dataset: a ``.jsonl`` / ``.json`` / ``.parquet`` /
-    ``.csv`` file (read by ``datasets``), or a folder written by ``Dataset.save_to_disk`` (a
-    ``DatasetDict`` folder gives its ``split``)."""
-    dataset = _prompt_dataset(Path(path), split)
+SPLIT = re.compile(r"^(?P<name>[\w.-]+)(?:\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?$")
+
+
+def load_prompts(path: str | Path, field: str = "prompt", split: str | None = None) -> list[str]:
+    """The ``field`` text of the rows of a local dataset: a ``.jsonl`` / ``.json`` / ``.parquet`` /
+    ``.csv`` file (read by ``datasets``; its one split is ``train``), or a folder written by
+    ``Dataset.save_to_disk`` (a ``DatasetDict`` folder gives its ``split``, default ``train``). A
+    split may take a slice of rows, ``train[:1700]`` or ``train[-200:]``, as ``datasets`` writes it."""
+    match = SPLIT.match(split or "train")
+    if match is None:
+        raise RunError(f"split '{split}' is not a split name with an optional row slice, e.g. train or train[-200:]")
+    dataset = _prompt_dataset(Path(path), match["name"])
+    rows = range(len(dataset))[slice(*(int(match[k]) if match[k] else None for k in ("start", "stop")))]
+    if match["start"] is not None or match["stop"] is not None:
+        dataset = dataset.select(rows)
     if field not in dataset.column_names:
         raise RunError(f"{path}: no '{field}' column (columns: {', '.join(dataset.column_names) or 'none'}); "
                        "set prompt_field in the config")
@@ -53,6 +66,7 @@ def load_prompts(path: str | Path, field: str = "prompt", split: str = "train") 
 
 
 def _prompt_dataset(path: Path, split: str):
+    """The dataset at ``path``, the split named ``split`` (a file has only ``train``)."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -73,6 +87,9 @@ def _prompt_dataset(path: Path, split: str):
         raise RunError(f"{path}: prompts must be {', '.join(PROMPT_FORMATS)} or a save_to_disk folder")
     if path.stat().st_size == 0:
         raise RunError(f"{path} holds no prompts")
+    if split != "train":
+        raise RunError(f"{path} is one file, whose only split is 'train' (rows may be sliced: train[-200:]), "
+                       f"not '{split}'")
     try:
         return datasets.load_dataset(PROMPT_FORMATS[path.suffix], data_files=str(path), split="train",
                                      keep_in_memory=True)
@@ -84,8 +101,9 @@ def _prompt_dataset(path: Path, split: str):
 def model_sampler(load_model: Callable[[Path], object], tokenizer, backend: str = "transformers") -> Sampler:
     """Sampling from a checkpoint with transformers ``generate`` (or vLLM)."""
     if backend == "vllm":
-        return lambda policy, prompts, settings: sample_with_vllm(policy, tokenizer, prompts, settings)
-    return lambda policy, prompts, settings: sample(load_model(policy), tokenizer, prompts, settings)
+        return lambda policy, prompts, settings, advance: sample_with_vllm(policy, tokenizer, prompts, settings,
+                                                                             advance)
+    return lambda policy, prompts, settings, advance: sample(load_model(policy), tokenizer, prompts, settings, advance)
 
 
 def cached_loader(load: Callable[[Path], object], size: int = 4) -> Callable[[Path], object]:
@@ -112,9 +130,10 @@ def cached_loader(load: Callable[[Path], object], size: int = 4) -> Callable[[Pa
 
 
 def sample_stage(out: Path, *, prompts: Sequence[str], policy: Path, settings: SamplingConfig,
-                 sampler: Sampler) -> None:
+                 sampler: Sampler, bar: Bar = no_bar) -> None:
     """k responses per prompt from ``policy``; ``counts`` weigh each (1 per drawn sample)."""
-    drawn = sampler(policy, prompts, settings)
+    with bar("sample: sequences", len(prompts) * settings.samples_per_prompt) as advance:
+        drawn = sampler(policy, prompts, settings, advance)
     counts = drawn.counts or [[1.0] * len(ids) for ids in drawn.response_ids]
     save_rows(out, [{"prompt": p, "response_ids": [list(r) for r in ids], "texts": texts, "counts": weights}
                     for p, ids, texts, weights in zip(drawn.prompts, drawn.response_ids, drawn.texts, counts)])
@@ -122,22 +141,28 @@ def sample_stage(out: Path, *, prompts: Sequence[str], policy: Path, settings: S
                                      "skipped": drawn.skipped})
 
 
-def judge_stage(out: Path, *, samples: Path, judge: Judge, cache: JudgeCache) -> None:
+def judge_stage(out: Path, *, samples: Path, judge: Judge, cache: JudgeCache, bar: Bar = no_bar) -> None:
     """Per prompt: the distinct responses, their summed counts and their win matrix (both orders)."""
-    records, failures, empty = [], 0, 0
-    for record in load_rows(samples):
-        empty += sum(not text.strip() for text in record["texts"])
-        counts, text_of = {}, {}
-        for ids, text, count in zip(record["response_ids"], record["texts"], record["counts"]):
-            counts[tuple(ids)] = counts.get(tuple(ids), 0.0) + count  # distinct, in the order first drawn
-            text_of[tuple(ids)] = text
-        judged = judge_samples(judge, record["prompt"], [text_of[ids] for ids in counts], cache)
-        failures += judged.failures
-        records.append({"prompt": record["prompt"], "response_ids": [list(ids) for ids in counts],
-                        "texts": [text_of[ids] for ids in counts], "counts": list(counts.values()),
-                        "wins": judged.wins.tolist()})
+    records, failures, empty, asked = [], 0, 0, []
+    drawn = load_rows(samples)
+    asks = sum(len(set(r["texts"])) * (len(set(r["texts"])) - 1) for r in drawn)  # ordered pairs of distinct texts
+    with bar("judge: asks", asks) as advance:
+        for record in drawn:
+            empty += sum(not text.strip() for text in record["texts"])
+            counts, text_of = {}, {}
+            for ids, text, count in zip(record["response_ids"], record["texts"], record["counts"]):
+                counts[tuple(ids)] = counts.get(tuple(ids), 0.0) + count  # distinct, in the order first drawn
+                text_of[tuple(ids)] = text
+            judged = judge_samples(judge, record["prompt"], [text_of[ids] for ids in counts], cache, advance)
+            failures += judged.failures
+            asked.append(judged.asked)
+            records.append({"prompt": record["prompt"], "response_ids": [list(ids) for ids in counts],
+                            "texts": [text_of[ids] for ids in counts], "counts": list(counts.values()),
+                            "wins": judged.wins.tolist()})
     save_rows(out, records)
-    write_json(out / "counts.json", {"judge_failures": failures, "empty_responses": empty})
+    quality = judge_quality(asked)
+    write_json(out / "counts.json", {"judge_failures": failures, "empty_responses": empty, "judge_quality": quality,
+                                     "judge_warning": judge_warning(quality)})
 
 
 def judged_prompts(judged: Path):
@@ -148,16 +173,25 @@ def judged_prompts(judged: Path):
             yield record, wins
 
 
-def pairs_stage(out: Path, *, judged: Path, kind: str) -> None:
-    """Training rows of ``kind`` (soft, hard or pointwise) from every judged prompt."""
-    make_rows = {"soft": soft_rows, "hard": hard_rows, "pointwise": pointwise_rows}[kind]
-    rows = []
+def pairs_stage(out: Path, *, judged: Path, kind: str, min_margin: float = 0.0) -> None:
+    """Training rows of ``kind`` (soft, hard or pointwise) from every judged prompt; hard rows drop
+    (and count) a prompt whose chosen and rejected are within ``min_margin`` of a tie."""
+    make_rows = {"soft": soft_rows, "hard": partial(hard_rows, min_margin=min_margin), "pointwise": pointwise_rows}[kind]
+    rows, prompts, without_row = [], 0, 0
     for record, wins in judged_prompts(judged):
         responses = record["response_ids"]
+        made = make_rows(wins, record["counts"])
+        prompts, without_row = prompts + 1, without_row + (not made)
         rows += [{"prompt": record["prompt"], "first": responses[row.first],
                   "second": None if row.second is None else responses[row.second], "target": row.target,
-                  "weight": row.weight} for row in make_rows(wins, record["counts"])]
+                  "weight": row.weight} for row in made]
+    if not rows:
+        margin = f" or within hard_min_margin {min_margin} of a tie" if kind == "hard" and min_margin else ""
+        raise RunError(f"no training rows: all {prompts} judged prompts were ties{margin}; check the judge's quality "
+                       "(comal status) and the samples")
     save_rows(out, rows)
+    write_json(out / "counts.json", {"kind": kind, "prompts": prompts, "rows": len(rows),
+                                     "prompts_without_a_row": without_row, "min_margin": min_margin})
 
 
 def encoded_rows(pairs: Path, tokenizer) -> tuple[list[dict], list[tuple[Encoded, Encoded | None]]]:
@@ -166,28 +200,30 @@ def encoded_rows(pairs: Path, tokenizer) -> tuple[list[dict], list[tuple[Encoded
                    None if r["second"] is None else encode(tokenizer, r["prompt"], r["second"])) for r in rows]
 
 
-def distinct_logps(model, sequences: Sequence[Encoded], pad_id: int, batch_size: int) -> dict[Encoded, float]:
+def distinct_logps(model, sequences: Sequence[Encoded], pad_id: int, batch_size: int,
+                   advance: Advance = lambda count: None) -> dict[Encoded, float]:
     """Sequence log-probs of each distinct sequence, computed once."""
     distinct = list(dict.fromkeys(sequences))
-    return dict(zip(distinct, batched_logps(model, distinct, pad_id, batch_size).tolist()))
+    return dict(zip(distinct, batched_logps(model, distinct, pad_id, batch_size, advance).tolist()))
 
 
 def logprobs_stage(out: Path, *, pairs: Path, anchors: Mapping[str, Path], load_model: Callable, tokenizer,
-                   batch_size: int) -> None:
+                   batch_size: int, bar: Bar = no_bar) -> None:
     """Columns ``<policy>_first`` / ``<policy>_second``: log-probs of every row's responses under each anchor."""
     _, encoded = encoded_rows(pairs, tokenizer)
     sequences = [sequence for pair in encoded for sequence in pair if sequence is not None]
     columns = {}
-    for name, checkpoint in sorted(anchors.items()):
-        values = distinct_logps(load_model(checkpoint), sequences, tokenizer.pad_token_id, batch_size)
-        for side, index in (("first", 0), ("second", 1)):
-            if any(pair[index] is not None for pair in encoded):
-                columns[f"{name}_{side}"] = [values[pair[index]] for pair in encoded if pair[index] is not None]
+    with bar(f"log-probs: sequences × {len(anchors)} anchors", len(set(sequences)) * len(anchors)) as advance:
+        for name, checkpoint in sorted(anchors.items()):
+            values = distinct_logps(load_model(checkpoint), sequences, tokenizer.pad_token_id, batch_size, advance)
+            for side, index in (("first", 0), ("second", 1)):
+                if any(pair[index] is not None for pair in encoded):
+                    columns[f"{name}_{side}"] = [values[pair[index]] for pair in encoded if pair[index] is not None]
     write_json(out / "anchors.json", columns)
 
 
 def train_stage(out: Path, *, pairs: Path, logprobs: Path, step: ProxStep, start: Path, load_model: Callable,
-                tokenizer, settings: TrainConfig, lora: dict | None = None) -> None:
+                tokenizer, settings: TrainConfig, lora: dict | None = None, bar: Bar = no_bar) -> None:
     """Fit π_θ, initialised from ``start``, to ``step``; save it in the Hugging Face format."""
     rows, encoded = encoded_rows(pairs, tokenizer)
     anchors = json.loads((logprobs / "anchors.json").read_text())
@@ -200,7 +236,7 @@ def train_stage(out: Path, *, pairs: Path, logprobs: Path, step: ProxStep, start
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
-    train(model, train_rows, step, settings, pad_id=tokenizer.pad_token_id, log_path=out / "metrics.jsonl")
+    train(model, train_rows, step, settings, pad_id=tokenizer.pad_token_id, log_path=out / "metrics.jsonl", bar=bar)
     if lora is not None:  # a full checkpoint, loadable by from_pretrained
         model = model.merge_and_unload()
     model.save_pretrained(out / "model", safe_serialization=True)

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from comal.llm.logprobs import Encoded, collate, sequence_logps
 from comal.llm.losses import step_loss
+from comal.llm.progress import Advance, Bar, no_bar
 from comal.rules import ProxStep
 
 
@@ -88,7 +89,7 @@ def row_losses(model, step: ProxStep, batch: dict) -> tuple[torch.Tensor, torch.
 
 
 def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, *, pad_id: int,
-          log_path: str | Path | None = None, accelerator=None) -> list[dict]:
+          log_path: str | Path | None = None, accelerator=None, bar: Bar = no_bar) -> list[dict]:
     """Minimise the step's sampled loss over ``rows``; returns the per-optimiser-step metrics."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -125,6 +126,21 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
     model, optimiser, loader, scheduler = accelerator.prepare(model, optimiser, loader, scheduler)
     model.train()
     metrics, log = [], open(log_path, "a") if log_path is not None else None
+    with bar(f"train: optimiser steps ({len(rows)} rows)", total) as advance:
+        _epochs(model, loader, optimiser, scheduler, accelerator, step, config, metrics, log, advance)
+    if log is not None:
+        log.close()
+    if config.report_to:
+        accelerator.end_training()
+    if config.gradient_checkpointing:
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+    model.eval()
+    return metrics
+
+
+def _epochs(model, loader, optimiser, scheduler, accelerator, step: ProxStep, config: TrainConfig,
+            metrics: list[dict], log, advance: Advance) -> None:
+    """The optimisation loop: every epoch over the loader, one record per optimiser step."""
     for epoch in range(config.epochs):
         for batch in loader:
             with accelerator.accumulate(model):
@@ -146,11 +162,4 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
                 accelerator.log(record, step=len(metrics))
                 if log is not None and accelerator.is_main_process:
                     log.write(json.dumps(record) + "\n")
-    if log is not None:
-        log.close()
-    if config.report_to:
-        accelerator.end_training()
-    if config.gradient_checkpointing:
-        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
-    model.eval()
-    return metrics
+                advance(1)

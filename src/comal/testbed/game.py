@@ -70,9 +70,10 @@ class Testbed:
         responses = [tuple(ids) for ids in self.space.responses().tolist()]
         texts = self.responses()
 
-        def sampler(policy, prompts, settings) -> Samples:
+        def sampler(policy, prompts, settings, advance=lambda count: None) -> Samples:
             model = ConstrainedLlama.from_pretrained(policy)
             counts = [(draws * exact_distribution(model, self.prompt_ids(prompt))).tolist() for prompt in prompts]
+            advance(len(prompts) * settings.samples_per_prompt)
             return Samples(list(prompts), [responses] * len(prompts), [texts] * len(prompts), counts=counts)
 
         return sampler
