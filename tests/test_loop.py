@@ -313,7 +313,7 @@ def test_prompts_come_from_any_local_dataset_form(tmp_path, suffix):
         assert load_prompts(path, "instruction", "test") == PROMPTS[:1]
         with pytest.raises(RunError, match="no split 'validation' \\(splits: train, test\\)"):
             load_prompts(path, "instruction", "validation")
-    assert load_prompts(path, "instruction") == PROMPTS
+    assert load_prompts(path, "instruction") == PROMPTS and isinstance(load_prompts(path, "instruction"), list)
     assert load_prompts(path, "instruction", "train[1:3]") == PROMPTS[1:3]
     assert load_prompts(path, "instruction", "train[-1:]") == PROMPTS[-1:]
 
@@ -380,3 +380,12 @@ def test_a_judge_that_is_mostly_position_bias_is_measured_and_warned_about(setup
     assert pairs["rows"] + pairs["prompts_without_a_row"] == pairs["prompts"] == 4
     status = CliRunner().invoke(app, ["status", str(tmp / "biased")])
     assert status.exit_code == 0 and "judge quality" in status.stdout and "0.60" in status.stdout
+
+
+def test_prompts_per_iteration_walk_through_the_prompt_file(setup):
+    from comal.llm.loop import Run
+    from comal.llm.run_folder import RunFolder
+
+    config, tmp = setup
+    run = Run(config(prompts_per_iteration=3), RunFolder(tmp / "walk"))
+    assert [run.prompts(t) for t in range(3)] == [PROMPTS[:3], PROMPTS[3:] + PROMPTS[:2], PROMPTS[2:] + PROMPTS[:1]]

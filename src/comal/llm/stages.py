@@ -54,7 +54,7 @@ def load_prompts(path: str | Path, field: str = "prompt", split: str | None = No
     if field not in dataset.column_names:
         raise RunError(f"{path}: no '{field}' column (columns: {', '.join(dataset.column_names) or 'none'}); "
                        "set prompt_field in the config")
-    prompts = dataset[field]
+    prompts = list(dataset[field])  # datasets 5 gives a lazy Column
     for row, prompt in enumerate(prompts, start=1):
         if not isinstance(prompt, str):
             raise RunError(f"{path}, row {row}: '{field}' is {type(prompt).__name__}, not text")
