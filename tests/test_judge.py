@@ -75,7 +75,11 @@ def test_llm_judge_reads_the_two_answer_tokens():
     assert np.all((p > 0) & (p < 1))
     one_by_one = [judge.prefer(["say hello"], [a], [b])[0]
                   for a, b in [("a b", "c d"), ("c d", "a b"), ("hello world", "a")]]
-    np.testing.assert_allclose(p, one_by_one, atol=1e-5)  # padding and batching by length leave the answers
+    np.testing.assert_allclose(p, one_by_one, atol=1e-5)  # a shared prefix, padding and batching leave the answers
+    mixed = judge.prefer(["say hello", "which is better", "say hello"], ["a b", "yes", "c d e f"], ["c", "no", "a"])
+    np.testing.assert_allclose(mixed, [judge.prefer([x], [a], [b])[0] for x, a, b in
+                                       [("say hello", "a b", "c"), ("which is better", "yes", "no"),
+                                        ("say hello", "c d e f", "a")]], atol=1e-5)
     strict = LLMJudge(judge.model, tokenizer, min_mass=0.99)  # an untrained model puts little mass there
     assert np.isnan(strict.prefer(["say hello"], ["a b"], ["c d"])).all()
 

@@ -41,3 +41,19 @@ def test_gradients_flow_to_the_policy():
     batch = collate([encode(tokenizer, "say", [5, 6])], tokenizer.pad_token_id)
     sequence_logps(model, batch).sum().backward()
     assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_response_only_logits_give_the_full_softmax_values_and_gradients():
+    """Computing logits for the response columns only changes neither the log-probs nor their gradients."""
+    tokenizer = tiny_tokenizer()
+    sequences = [encode(tokenizer, "say", [5]), encode(tokenizer, "please write hello world", [6, 7, 8, 9])]
+    lean, full = tiny_causal_lm(tokenizer).train(), tiny_causal_lm(tokenizer).train()
+    sequence_logps(lean, collate(sequences, tokenizer.pad_token_id)).sum().backward()
+    by_hand = []
+    for sequence in sequences:
+        logits = full(torch.tensor([sequence.ids])).logits[0]
+        steps = torch.log_softmax(logits[:-1], -1).gather(-1, torch.tensor(sequence.ids[1:])[:, None])[:, 0]
+        by_hand.append(steps[sequence.response_start - 1:].sum())
+    torch.stack(by_hand).sum().backward()
+    for (name, a), b in zip(lean.named_parameters(), full.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)

@@ -1,7 +1,9 @@
 """Sampling: k responses per prompt, reproducible by seed, long prompts truncated or skipped."""
 
 import pytest
+import torch
 
+from comal.llm.logprobs import encode
 from comal.llm.sample import SamplingConfig, sample
 from comal.llm.tiny import tiny_causal_lm, tiny_tokenizer
 
@@ -19,6 +21,28 @@ def test_k_samples_per_prompt_reproducible_by_seed():
     assert first.response_ids == again.response_ids and first.texts == again.texts
     other = sample(model, tokenizer, PROMPTS, SamplingConfig(samples_per_prompt=3, max_new_tokens=6, seed=2))
     assert other.response_ids != first.response_ids
+
+
+def test_shared_prompt_cache_draws_what_generate_draws():
+    """Each prompt is read once for its k samples; the draws are generate's own (same seed, same tokens)."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_causal_lm(tokenizer)
+    config = SamplingConfig(samples_per_prompt=3, max_new_tokens=8, batch_size=3, seed=4)
+    drawn = sample(model, tokenizer, PROMPTS, config)
+    rows = sorted([encode(tokenizer, prompt, ()).ids for prompt in PROMPTS], key=len)  # sample() batches by length
+    width = max(map(len, rows))
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([(pad,) * (width - len(ids)) + ids for ids in rows])
+    torch.manual_seed(config.seed)
+    output = model.generate(input_ids=input_ids, attention_mask=(input_ids != pad).long(), do_sample=True,
+                            temperature=config.temperature, top_p=config.top_p, max_new_tokens=8,
+                            num_return_sequences=3, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+    expected = {}
+    for row, ids in enumerate(rows):
+        tokens = output[row * 3:(row + 1) * 3, width:].tolist()
+        expected[ids] = [tuple(t[:t.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in t else t)
+                         for t in tokens]
+    assert [expected[encode(tokenizer, prompt, ()).ids] for prompt in PROMPTS] == drawn.response_ids
 
 
 def test_eos_ends_a_response():

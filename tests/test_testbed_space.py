@@ -5,6 +5,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
+from comal.llm.logprobs import Encoded, batched_logps
 from comal.llm.tiny import tiny_config, tiny_tokenizer
 from comal.testbed.space import ConstrainedLlama, ResponseSpace, exact_distribution
 
@@ -46,6 +47,16 @@ def test_exact_distribution_matches_sampling_frequencies():
     assert None not in indices  # every sample lies in the space
     counts = np.bincount(indices, minlength=space.size)
     assert chisquare(counts, exact / exact.sum() * len(indices)).pvalue > 1e-3
+
+
+def test_training_log_probs_are_the_exact_distribution():
+    """The pipeline's sequence log-probs (logits for the response columns only) read the constrained policy."""
+    model, tokenizer, space = constrained_model()
+    prompt = [tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids("say")]
+    responses = space.responses()[[0, 7, 63]]
+    logps = batched_logps(model, [Encoded(tuple(prompt) + tuple(r.tolist()), 2) for r in responses],
+                          tokenizer.pad_token_id)
+    np.testing.assert_allclose(np.exp(logps), exact_distribution(model, prompt)[[0, 7, 63]], rtol=1e-4)
 
 
 def test_constrained_model_saves_and_reloads(tmp_path):

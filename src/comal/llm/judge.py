@@ -265,23 +265,55 @@ class LLMJudge(Judge):
         texts = [conversation_text(self.tokenizer, self.fill(x, a, b)) + self.answer_prefix
                  for x, a, b in zip(prompts, first, second)]
         encoded = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-        order = np.argsort([len(ids) for ids in encoded], kind="stable")  # batches of alike lengths pad little
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        # in token order, so a batch holds asks that share the longest prefix (one prompt, one first output)
+        order = np.array(sorted(range(len(encoded)), key=encoded.__getitem__), dtype=int)
         probabilities = np.empty(len(texts))
         for start in range(0, len(texts), self.batch_size):
             rows = order[start:start + self.batch_size]
-            width = max(len(encoded[row]) for row in rows)
-            # left-padded, so the next-token logits of every row are at the last position: only those are computed
-            ids = torch.tensor([[pad] * (width - len(encoded[row])) + encoded[row] for row in rows])
-            mask = torch.tensor([[0] * (width - len(encoded[row])) + [1] * len(encoded[row]) for row in rows])
             with torch.no_grad():
-                last = self.model(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
-                                  logits_to_keep=1).logits[:, -1].float()
+                last = self.next_token_logits([encoded[row] for row in rows]).float()
             answers = last[:, self.answer_ids]
             mass = torch.softmax(last, dim=-1)[:, self.answer_ids].sum(dim=-1)
             p_first = torch.softmax(answers, dim=-1)[:, 0]
             probabilities[rows] = torch.where(mass >= self.min_mass, p_first, torch.nan).cpu().numpy()
         return probabilities
+
+    def next_token_logits(self, rows: Sequence[Sequence[int]]):
+        """The judge's next-token logits after each row of token ids, ``[len(rows), vocab]``.
+
+        The rows' common prefix (the template's head and the instruction, when a batch judges
+        pairs of one prompt) is read once and its cache shared; the rest is left-padded, so only
+        the last position's logits are computed.
+        """
+        import torch
+
+        from comal.llm.logprobs import prefill
+
+        shared = _common_prefix(rows, limit=min(len(ids) for ids in rows) - 1) if len(rows) > 1 else 0
+        tails = [list(ids[shared:]) for ids in rows]
+        width = max(len(tail) for tail in tails)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        device = self.model.device
+        ids = torch.tensor([[pad] * (width - len(tail)) + tail for tail in tails], device=device)
+        mask = torch.tensor([[0] * (width - len(tail)) + [1] * len(tail) for tail in tails], device=device)
+        if not shared:
+            return self.model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1]
+        head = torch.tensor([list(rows[0][:shared])], device=device)
+        cache = prefill(self.model, head, torch.ones_like(head))
+        cache.batch_repeat_interleave(len(rows))
+        full_mask = torch.cat([torch.ones(len(rows), shared, dtype=mask.dtype, device=device), mask], dim=1)
+        positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)
+        return self.model(input_ids=ids, attention_mask=full_mask, position_ids=positions, past_key_values=cache,
+                          logits_to_keep=1).logits[:, -1]
+
+
+def _common_prefix(rows: Sequence[Sequence[int]], limit: int) -> int:
+    """Length of the longest prefix all ``rows`` share, at most ``limit``."""
+    first = rows[0]
+    for length in range(limit):
+        if any(row[length] != first[length] for row in rows[1:]):
+            return length
+    return max(limit, 0)
 
 
 def build_judge(section) -> Judge:

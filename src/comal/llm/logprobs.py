@@ -42,25 +42,53 @@ def encode(tokenizer, prompt: str, response_ids: Sequence[int]) -> Encoded:
 
 
 def collate(sequences: Sequence[Encoded], pad_id: int, device=None) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and the mask of response tokens."""
+    """Left-padded ``input_ids``, ``attention_mask``, ``position_ids`` (real tokens counted from 0)
+    and the mask of response tokens; every row ends at the last column, so the responses sit in
+    the last columns and only those need logits."""
     length = max(len(s.ids) for s in sequences)
     input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
     attention = torch.zeros((len(sequences), length), dtype=torch.long)
     response = torch.zeros((len(sequences), length), dtype=torch.bool)
     for row, sequence in enumerate(sequences):
-        input_ids[row, :len(sequence.ids)] = torch.tensor(sequence.ids)
-        attention[row, :len(sequence.ids)] = 1
-        response[row, sequence.response_start:len(sequence.ids)] = True
-    batch = {"input_ids": input_ids, "attention_mask": attention, "response_mask": response}
+        start = length - len(sequence.ids)
+        input_ids[row, start:] = torch.tensor(sequence.ids)
+        attention[row, start:] = 1
+        response[row, start + sequence.response_start:] = True
+    batch = {"input_ids": input_ids, "attention_mask": attention,
+             "position_ids": (attention.cumsum(-1) - 1).clamp(min=0), "response_mask": response}
     return {key: value.to(device) for key, value in batch.items()} if device is not None else batch
 
 
+def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """The key/value cache of a batch of left-padded rows, for a later call to continue from.
+
+    Positions count real tokens only (``cumsum(mask) − 1``), as ``generate`` counts them, so a
+    continuation gives the logits one call on the whole rows would give.
+    """
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, past_key_values=cache,
+          use_cache=True, logits_to_keep=1)
+    return cache
+
+
 def sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``log π(y|x)`` per row: the sum of next-token log-probs over the response tokens."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    targets = batch["input_ids"][:, 1:]
-    token_logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (token_logps * batch["response_mask"][:, 1:]).sum(dim=-1)
+    """``log π(y|x)`` per row: the sum of next-token log-probs over the response tokens.
+
+    Logits are computed for the response columns only (``logits_to_keep``), and each token's
+    log-prob is its logit minus the log-sum-exp of its position, one row at a time, so no
+    full-vocabulary log-softmax over the prompt is ever materialised.
+    """
+    mask = batch["response_mask"]
+    keep = min(int(mask.sum(-1).max()) + 1, mask.shape[1])  # the response columns and the one before them
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"], logits_to_keep=keep).logits[:, :-1]
+    targets = batch["input_ids"][:, -(keep - 1):] if keep > 1 else batch["input_ids"][:, :0]
+    chosen = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
+    normaliser = torch.stack([torch.logsumexp(row.float(), dim=-1) for row in logits])
+    return ((chosen - normaliser) * mask[:, mask.shape[1] - targets.shape[1]:]).sum(dim=-1)
 
 
 def batched_logps(model, sequences: Sequence[Encoded], pad_id: int, batch_size: int = 8,

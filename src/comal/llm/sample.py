@@ -13,7 +13,7 @@ from typing import Callable, Literal, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from comal.llm.logprobs import encode
+from comal.llm.logprobs import encode, prefill
 
 
 class SamplingConfig(BaseModel):
@@ -102,11 +102,16 @@ def sample(model, tokenizer, prompts: Sequence[str], config: SamplingConfig,
         input_ids = torch.tensor([(pad_id,) * (width - len(ids)) + ids for _, ids in batch], device=device)
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in batch], device=device)
         torch.manual_seed(config.seed + index)
+        k = config.samples_per_prompt
         with torch.no_grad():
-            output = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=True,
-                                    temperature=config.temperature, top_p=config.top_p,
+            # each prompt is read once and its cache shared by its k samples (generate alone reads it k times)
+            cache = prefill(model, input_ids[:, :-1], attention[:, :-1]) if width > 1 else None
+            if cache is not None:
+                cache.batch_repeat_interleave(k)
+            output = model.generate(input_ids=input_ids.repeat_interleave(k, 0),
+                                    attention_mask=attention.repeat_interleave(k, 0), past_key_values=cache,
+                                    do_sample=True, temperature=config.temperature, top_p=config.top_p,
                                     max_new_tokens=config.max_new_tokens,
-                                    num_return_sequences=config.samples_per_prompt,
                                     pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
         generated = output[:, width:].tolist()
         for row, number in enumerate(numbers):

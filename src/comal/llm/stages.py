@@ -209,13 +209,19 @@ def distinct_logps(model, sequences: Sequence[Encoded], pad_id: int, batch_size:
 
 def logprobs_stage(out: Path, *, pairs: Path, anchors: Mapping[str, Path], load_model: Callable, tokenizer,
                    batch_size: int, bar: Bar = no_bar) -> None:
-    """Columns ``<policy>_first`` / ``<policy>_second``: log-probs of every row's responses under each anchor."""
+    """Columns ``<policy>_first`` / ``<policy>_second``: log-probs of every row's responses under each anchor
+    (anchors that are one checkpoint, as π_t and μ are at the start, are computed once)."""
     _, encoded = encoded_rows(pairs, tokenizer)
     sequences = [sequence for pair in encoded for sequence in pair if sequence is not None]
-    columns = {}
-    with bar(f"log-probs: sequences × {len(anchors)} anchors", len(set(sequences)) * len(anchors)) as advance:
-        for name, checkpoint in sorted(anchors.items()):
-            values = distinct_logps(load_model(checkpoint), sequences, tokenizer.pad_token_id, batch_size, advance)
+    checkpoints = {name: Path(checkpoint).resolve() for name, checkpoint in anchors.items()}
+    distinct = sorted(set(checkpoints.values()))
+    columns, computed = {}, {}
+    with bar(f"log-probs: sequences × {len(distinct)} checkpoints", len(set(sequences)) * len(distinct)) as advance:
+        for name, checkpoint in sorted(checkpoints.items()):
+            if checkpoint not in computed:
+                computed[checkpoint] = distinct_logps(load_model(anchors[name]), sequences, tokenizer.pad_token_id,
+                                                      batch_size, advance)
+            values = computed[checkpoint]
             for side, index in (("first", 0), ("second", 1)):
                 if any(pair[index] is not None for pair in encoded):
                     columns[f"{name}_{side}"] = [values[pair[index]] for pair in encoded if pair[index] is not None]

@@ -74,8 +74,9 @@ class ConstrainedLlama(LlamaForCausalLM):
         past = kwargs.get("past_key_values")  # read before the forward pass extends the cache
         offset = 0 if past is None or not hasattr(past, "get_seq_length") else past.get_seq_length()
         output = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        total = offset + output.logits.shape[1]
-        mask = self.space.allowed_mask(output.logits.shape[-1], total)[offset:total].to(output.logits)
+        total = offset + (input_ids.shape[1] if input_ids is not None else kwargs["inputs_embeds"].shape[1])
+        kept = output.logits.shape[1]  # the last positions only, under ``logits_to_keep``
+        mask = self.space.allowed_mask(output.logits.shape[-1], total)[total - kept:total].to(output.logits)
         output.logits = output.logits + mask
         return output
 
