@@ -3,7 +3,7 @@
 The sampled rule with perfect fits (``comal.tabular.run(samples=k)``: every advantage estimated
 from k draws per prompt exactly as the LLM loop estimates it, each step applied exactly): seconds a
 run, so each rule gets the same effort: 12 configurations of its own parameters, each with η
-constant or decaying geometrically to η/4 or η/12 over the run (ητ held), 36 in all, each from the
+constant or decaying geometrically to η/4, η/12 or η/20 over the run (ητ held), 48 in all, each from the
 start network of seeds 0, 1 and 2 with sampling seeded the same way. A rule that samples two
 policies an iteration (mirror-prox, COMAL with it, Nash-MD) gets half the iterations. Every run is
 saved; the table prints each rule's best configuration by mean final gap (last iterate).
@@ -30,11 +30,11 @@ RESULTS = Path(__file__).parent / "results" / "testbed_sweep.json"
 SEEDS = (0, 1, 2)
 
 
-ETA_DECAYS = (None, 4, 12)  # η constant, or η_final = η/4, η/12
+ETA_DECAYS = (None, 4, 12, 20)  # η constant, or η_final = η/4, η/12, η/20
 
 
 def grid(name: str, scale: float) -> list[dict]:
-    """36 configurations per rule: 12 of the parameters the rule has, around its defaults for the
+    """48 configurations per rule: 12 of the parameters the rule has, around its defaults for the
     game, each under every η schedule of :data:`ETA_DECAYS`."""
     return [{**parameters, "eta_final": None if decay is None else parameters["eta"] / decay}
             for parameters in rule_grid(name, scale) for decay in ETA_DECAYS]
@@ -96,7 +96,7 @@ def main() -> None:
             configurations.setdefault(json.dumps(entry["parameters"], sort_keys=True), []).append(entry["duality_gap"])
         key, gaps = min(configurations.items(), key=lambda item: np.mean(item[1]))
         best[name] = {"parameters": json.loads(key), "final_gap": gaps, "mean": float(np.mean(gaps))}
-    print(f"budget {args.budget:,} samples per prompt, {args.samples:,} per round; best of 36 configurations each")
+    print(f"budget {args.budget:,} samples per prompt, {args.samples:,} per round; best of {len(ETA_DECAYS) * 12} configurations each")
     for name, entry in sorted(best.items(), key=lambda item: item[1]["mean"]):
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in entry["parameters"].items()}
         print(f"{name:<14}{entry['mean']:>8.4f}  {np.round(entry['final_gap'], 4).tolist()}  {shown}")
