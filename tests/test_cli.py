@@ -168,3 +168,14 @@ def test_run_with_sampled_advantages_is_seeded_and_noisier(paper_file):
     assert first == second and first["duality_gap"] > exact["duality_gap"]
     refused = invoke("game", "run", paper_file, "--samples", 1)
     assert refused.exit_code == 2 and "--samples must be at least 2" in refused.stderr
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--model", "/nonexistent/model", "/nonexistent/model"),
+    ("--algorithms", "comal,bogus", "unknown bogus"),
+    ("--samples", "1", "--samples"),
+])
+def test_length_game_refuses_bad_input_before_writing(tmp_path, option, value, message):
+    result = invoke("length-game", "--out", tmp_path / "out", option, value)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and not (tmp_path / "out").exists()

@@ -77,7 +77,7 @@ def _write_tables(rows: list[dict], results: dict, out: Path) -> None:
     (out / "results.json").write_text(json.dumps(payload, indent=1))
 
 
-def _to_plane(policies: np.ndarray) -> np.ndarray:
+def to_plane(policies: np.ndarray) -> np.ndarray:
     """Barycentric coordinates on the triangle with corners a (left), b (right), c (top)."""
     corners = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, np.sqrt(3) / 2]])
     return policies @ corners
@@ -89,20 +89,20 @@ def plot_trajectories(runs: dict[str, RunResult], game: np.ndarray, path: Path) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    nash = _to_plane(nash_lp(game)[0])
+    nash = to_plane(nash_lp(game)[0])
     columns = 4
     rows = -(-len(runs) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3.7 * columns, 3.4 * rows), squeeze=False)
     for axis in axes.flat[len(runs):]:
         axis.axis("off")
     for axis, (name, result) in zip(axes.flat, runs.items()):
-        path_xy = _to_plane(result.trajectory[:, 0])
-        axis.fill(*_to_plane(np.eye(3)).T, color="#f4f4f4", edgecolor="#888")
+        path_xy = to_plane(result.trajectory[:, 0])
+        axis.fill(*to_plane(np.eye(3)).T, color="#f4f4f4", edgecolor="#888")
         axis.plot(*path_xy.T, lw=1, color="tab:blue")
         axis.plot(*path_xy[0], "o", color="tab:green", label="start [0.2, 0.5, 0.3]")
         axis.plot(*path_xy[-1], "s", color="tab:red", label="last iterate")
         axis.plot(*nash, "*", ms=14, color="gold", mec="k", label="Nash [4/11, 3/11, 4/11]")
-        for label, xy in zip("abc", _to_plane(np.eye(3))):
+        for label, xy in zip("abc", to_plane(np.eye(3))):
             axis.annotate(label, xy, xytext=(0, 4), textcoords="offset points", ha="center")
         axis.set_title(f"{name}  (gap {result.duality_gap:.1e})", fontsize=10)
         axis.set_aspect("equal")

@@ -48,6 +48,11 @@ class LengthClasses:
         return (lengths >= self.thresholds[0]).astype(int) + (lengths >= self.thresholds[1]).astype(int)
 
 
+def token_length(tokenizer, text: str) -> int:
+    """A response's length as the judge counts it: the tokens of its text."""
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 class LengthClassJudge(Judge):
     """``P(a ≻ b) = matrix[c(a), c(b)]``, a response's class read from its token count."""
 
@@ -56,7 +61,7 @@ class LengthClassJudge(Judge):
         self.matrix = paper_3x3()[0] if matrix is None else np.asarray(matrix, dtype=np.float64)
 
     def length(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return token_length(self.tokenizer, text)
 
     def prefer(self, prompts, first, second):
         a = self.classes.classify([self.length(text) for text in first])
