@@ -287,22 +287,19 @@ class LLMJudge(Judge):
         """
         import torch
 
-        from comal.llm.logprobs import prefill
+        from comal.llm.logprobs import left_padded, prefill, real_positions
 
         shared = _common_prefix(rows, limit=min(len(ids) for ids in rows) - 1) if len(rows) > 1 else 0
-        tails = [list(ids[shared:]) for ids in rows]
-        width = max(len(tail) for tail in tails)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         device = self.model.device
-        ids = torch.tensor([[pad] * (width - len(tail)) + tail for tail in tails], device=device)
-        mask = torch.tensor([[0] * (width - len(tail)) + [1] * len(tail) for tail in tails], device=device)
+        ids, mask = left_padded([ids[shared:] for ids in rows], pad, device)
         if not shared:
             return self.model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1]
         head = torch.tensor([list(rows[0][:shared])], device=device)
         cache = prefill(self.model, head, torch.ones_like(head))
         cache.batch_repeat_interleave(len(rows))
         full_mask = torch.cat([torch.ones(len(rows), shared, dtype=mask.dtype, device=device), mask], dim=1)
-        positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = shared + real_positions(mask)
         return self.model(input_ids=ids, attention_mask=full_mask, position_ids=positions, past_key_values=cache,
                           logits_to_keep=1).logits[:, -1]
 

@@ -41,36 +41,44 @@ def encode(tokenizer, prompt: str, response_ids: Sequence[int]) -> Encoded:
     return Encoded(tuple(prompt_ids) + tuple(response_ids), len(prompt_ids))
 
 
+def left_padded(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` of token-id rows padded on the left, so every row ends
+    at the last column (where the next-token logits of all rows are)."""
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for ids in rows], device=device)
+    attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rows], device=device)
+    return input_ids, attention
+
+
+def real_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count real tokens only (``cumsum(mask) − 1``), as ``generate`` counts them."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def collate(sequences: Sequence[Encoded], pad_id: int, device=None) -> dict[str, torch.Tensor]:
     """Left-padded ``input_ids``, ``attention_mask``, ``position_ids`` (real tokens counted from 0)
     and the mask of response tokens; every row ends at the last column, so the responses sit in
     the last columns and only those need logits."""
-    length = max(len(s.ids) for s in sequences)
-    input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(sequences), length), dtype=torch.long)
-    response = torch.zeros((len(sequences), length), dtype=torch.bool)
+    input_ids, attention = left_padded([s.ids for s in sequences], pad_id)
+    response = torch.zeros_like(attention, dtype=torch.bool)
     for row, sequence in enumerate(sequences):
-        start = length - len(sequence.ids)
-        input_ids[row, start:] = torch.tensor(sequence.ids)
-        attention[row, start:] = 1
-        response[row, start + sequence.response_start:] = True
-    batch = {"input_ids": input_ids, "attention_mask": attention,
-             "position_ids": (attention.cumsum(-1) - 1).clamp(min=0), "response_mask": response}
+        response[row, input_ids.shape[1] - len(sequence.ids) + sequence.response_start:] = True
+    batch = {"input_ids": input_ids, "attention_mask": attention, "position_ids": real_positions(attention),
+             "response_mask": response}
     return {key: value.to(device) for key, value in batch.items()} if device is not None else batch
 
 
 def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
     """The key/value cache of a batch of left-padded rows, for a later call to continue from.
 
-    Positions count real tokens only (``cumsum(mask) − 1``), as ``generate`` counts them, so a
+    Positions count real tokens only (:func:`real_positions`), as ``generate`` counts them, so a
     continuation gives the logits one call on the whole rows would give.
     """
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, past_key_values=cache,
-          use_cache=True, logits_to_keep=1)
+    model(input_ids=input_ids, attention_mask=attention_mask, position_ids=real_positions(attention_mask),
+          past_key_values=cache, use_cache=True, logits_to_keep=1)
     return cache
 
 

@@ -13,7 +13,7 @@ from typing import Callable, Literal, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from comal.llm.logprobs import encode, prefill
+from comal.llm.logprobs import encode, left_padded, prefill
 
 
 class SamplingConfig(BaseModel):
@@ -94,15 +94,14 @@ def sample(model, tokenizer, prompts: Sequence[str], config: SamplingConfig,
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     drawn: dict[int, list[tuple[int, ...]]] = {}
+    k = config.samples_per_prompt
     by_length = sorted(range(len(kept)), key=lambda n: len(kept[n][1]))  # batches of alike lengths pad little
     for index, start in enumerate(range(0, len(kept), config.batch_size)):
         numbers = by_length[start:start + config.batch_size]
         batch = [kept[n] for n in numbers]
-        width = max(len(ids) for _, ids in batch)
-        input_ids = torch.tensor([(pad_id,) * (width - len(ids)) + ids for _, ids in batch], device=device)
-        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in batch], device=device)
+        input_ids, attention = left_padded([ids for _, ids in batch], pad_id, device)
+        width = input_ids.shape[1]
         torch.manual_seed(config.seed + index)
-        k = config.samples_per_prompt
         with torch.no_grad():
             # each prompt is read once and its cache shared by its k samples (generate alone reads it k times)
             cache = prefill(model, input_ids[:, :-1], attention[:, :-1]) if width > 1 else None
@@ -115,9 +114,9 @@ def sample(model, tokenizer, prompts: Sequence[str], config: SamplingConfig,
                                     pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
         generated = output[:, width:].tolist()
         for row, number in enumerate(numbers):
-            rows = generated[row * config.samples_per_prompt:(row + 1) * config.samples_per_prompt]
+            rows = generated[row * k:(row + 1) * k]
             drawn[number] = [_until_eos(tokens, tokenizer.eos_token_id) for tokens in rows]
-        advance(len(batch) * config.samples_per_prompt)
+        advance(len(batch) * k)
     for number, (prompt, _) in enumerate(kept):  # in the order of the prompts
         result.prompts.append(prompt)
         result.response_ids.append(drawn[number])

@@ -75,6 +75,8 @@ class LengthGameSettings(BaseModel):
                 "top_p": 1.0, "batch_size": 16, "seed": seed}
 
     def run_config(self, algorithm: str, prompts_file: Path):
+        """The pipeline configuration of one algorithm; a rule that samples twice an iteration gets
+        half the iterations, so every rule draws ``rounds`` rounds."""
         from comal.llm.config import RunConfig
 
         chosen = self.algorithms[algorithm]
@@ -83,17 +85,16 @@ class LengthGameSettings(BaseModel):
         parameters = {"eta": chosen.eta, "tau_eta_ratio": chosen.tau_eta_ratio,
                       "reference_period": chosen.reference_period, "inner": chosen.inner,
                       "tolerance": chosen.tolerance, "eta_final": chosen.eta_final}
-        probe = RunConfig.model_validate({"model": {"path": self.model}, "judge": {"path": "length-classes"},
-                                          "prompts": str(prompts_file), "algorithm": algorithm,
-                                          **{k: v for k, v in parameters.items() if v is not None}})
-        rounds = len(probe.rule().sampled_policies())
-        return probe.model_copy(update={
-            "iterations": max(1, self.rounds // rounds), "rows": "soft",
-            "sampling": probe.sampling.model_validate(self.sampling(self.samples_per_prompt, self.seed)),
-            "training": probe.training.model_validate({
-                "epochs": self.epochs, "learning_rate": self.learning_rate, "batch_size": self.batch_size,
-                "mixed_precision": "no", "seed": self.seed}),
-            "model": probe.model.model_validate({"path": self.model, "lora": lora}), "seed": self.seed})
+        config = RunConfig.model_validate({
+            "model": {"path": self.model, "lora": lora}, "judge": {"path": "length-classes"},
+            "prompts": str(prompts_file), "algorithm": algorithm, "iterations": self.rounds, "rows": "soft",
+            **{key: value for key, value in parameters.items() if value is not None},
+            "sampling": self.sampling(self.samples_per_prompt, self.seed),
+            "training": {"epochs": self.epochs, "learning_rate": self.learning_rate, "batch_size": self.batch_size,
+                         "mixed_precision": "no", "seed": self.seed},
+            "seed": self.seed})
+        rounds = len(config.rule().sampled_policies())
+        return config.model_copy(update={"iterations": max(1, self.rounds // rounds)})
 
 
 def choose_prompts(settings: LengthGameSettings, tokenizer) -> list[str]:
@@ -120,26 +121,27 @@ def measured(classes: LengthClasses, lengths: list[list[int]]) -> dict:
     return class_gap(shares)
 
 
-def calibrate(settings: LengthGameSettings, prompts: list[str], out: Path, model, tokenizer,
-              bar: Bar = no_bar) -> LengthClasses:
-    """Thresholds from ``calibration_samples`` start responses per prompt (read back when saved)."""
+def calibrate(settings: LengthGameSettings, prompts: list[str], out: Path, model_path: Path, tokenizer,
+              bar: Bar = no_bar) -> dict:
+    """``calibration.json``: thresholds from ``calibration_samples`` start responses per prompt, the
+    lengths and the start's measured class distribution (read back when saved)."""
     from comal.llm.sample import SamplingConfig, sample
 
     path = out / "calibration.json"
     if path.is_file():
-        return LengthClasses(tuple(json.loads(path.read_text())["thresholds"]))
+        return json.loads(path.read_text())
     with bar("calibration: start responses", len(prompts) * settings.calibration_samples) as advance:
-        drawn = sample(model, tokenizer, prompts, SamplingConfig(**settings.sampling(settings.calibration_samples,
-                                                                                     settings.seed + 1)), advance)
+        drawn = sample(_load_causal_lm(model_path), tokenizer, prompts,
+                       SamplingConfig(**settings.sampling(settings.calibration_samples, settings.seed + 1)), advance)
     lengths = text_lengths(tokenizer, drawn.texts)
     classes = LengthClasses.calibrate([n for row in lengths for n in row])
-    start = measured(classes, lengths)
-    path.write_text(json.dumps({"thresholds": list(classes.thresholds), "classes": CLASSES, "lengths": lengths,
-                                "start": start, "prompts": prompts}, indent=1))
-    return classes
+    calibration = {"thresholds": list(classes.thresholds), "classes": CLASSES, "lengths": lengths,
+                   "start": measured(classes, lengths), "prompts": prompts}
+    path.write_text(json.dumps(calibration, indent=1))
+    return calibration
 
 
-def run_algorithm(algorithm: str, settings: LengthGameSettings, out: Path, prompts: list[str],
+def run_algorithm(algorithm: str, settings: LengthGameSettings, out: Path, prompts: list[str], tokenizer,
                   classes: LengthClasses, start: np.ndarray, report: Callable[[str, int, dict], None] | None = None,
                   bar: Bar = no_bar, progress: Callable[[str], None] = lambda message: None) -> dict:
     """One algorithm for its share of the budget: the class distribution of every iterate, and the
@@ -150,19 +152,17 @@ def run_algorithm(algorithm: str, settings: LengthGameSettings, out: Path, promp
     from comal.llm.run_folder import load_rows, write_atomically
     from comal.llm.sample import SamplingConfig
     from comal.llm.stages import cached_loader, sample_stage
-    from transformers import AutoTokenizer
-
     from comal.rules import CURRENT
     from comal.tabular import run as tabular_run
 
     config = settings.run_config(algorithm, out / "prompts.jsonl")
-    judge = LengthClassJudge(AutoTokenizer.from_pretrained(settings.model), classes)
+    judge = LengthClassJudge(tokenizer, classes)
     run = open_run(config, out / algorithm, judge=judge, load_model=cached_loader(_load_causal_lm, size=2),
                    bar=prefixed(bar, algorithm), progress=lambda message: progress(f"{algorithm} {message}"))
     started = time.perf_counter()
 
     def lengths_of(folder: Path) -> list[list[int]]:
-        return text_lengths(judge.tokenizer, [record["texts"] for record in load_rows(folder)])
+        return text_lengths(tokenizer, [record["texts"] for record in load_rows(folder)])
 
     history = []
     for t in range(config.iterations):
@@ -219,15 +219,16 @@ def run_length_game(settings: LengthGameSettings, out: Path, report: Callable[[s
     saved.write_text(settings.model_dump_json(indent=1))
     (out / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     started = time.perf_counter()
-    classes = calibrate(settings, prompts, out, _load_causal_lm(model_path), tokenizer, bar)
-    calibration = json.loads((out / "calibration.json").read_text())["start"]
-    start = np.clip(calibration["distribution"], 1e-3, None)  # the tabular rules need every class in the support
-    results = {name: run_algorithm(name, settings, out, prompts, classes, start / start.sum(), report, bar, progress)
+    calibration = calibrate(settings, prompts, out, model_path, tokenizer, bar)
+    classes = LengthClasses(tuple(calibration["thresholds"]))
+    start = np.clip(calibration["start"]["distribution"], 1e-3, None)  # the tabular rules need every class
+    results = {name: run_algorithm(name, settings, out, prompts, tokenizer, classes, start / start.sum(), report,
+                                   bar, progress)
                for name in settings.algorithms}
     game = paper_3x3()
     summary = {"settings": settings.model_dump(), "seconds": time.perf_counter() - started,
                "thresholds": list(classes.thresholds), "classes": CLASSES, "matrix": game[0].tolist(),
-               "nash": nash_lp(game)[0].tolist(), "calibration": calibration,
+               "nash": nash_lp(game)[0].tolist(), "calibration": calibration["start"],
                "algorithms": results}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     plot_length_game(summary, out / "length_game.png")
