@@ -91,3 +91,22 @@ def test_a_weighted_row_trains_like_its_copies():
     weighted = _fresh_losses(config, lambda rows: [replace(rows[0], weight=3.0), *rows[1:]])
     copied = _fresh_losses(config, lambda rows: [rows[0], rows[0], *rows])
     assert weighted == pytest.approx(copied, rel=1e-5)  # the same steps
+
+
+def test_each_epoch_keeps_a_prompts_rows_together_in_a_fresh_order():
+    import torch
+
+    from comal.llm.train import PromptGroupedOrder
+
+    tokenizer = tiny_tokenizer()
+    responses = [[5, 2], [6, 2], [7, 2], [8, 2]]
+    rows = [TrainRow(encode(tokenizer, prompt, responses[i]), {}, 0.5, encode(tokenizer, prompt, responses[j]), {})
+            for prompt in ["say hello", "please write", "which is better"] for i in range(4) for j in range(i)]
+    order = PromptGroupedOrder(rows, torch.Generator().manual_seed(0))
+    epochs = [list(order) for _ in range(3)]
+    prompt_of = [row.first.ids[:row.first.response_start] for row in rows]
+    for epoch in epochs:
+        assert sorted(epoch) == list(range(len(rows)))
+        runs = [prompt_of[i] for n, i in enumerate(epoch) if n == 0 or prompt_of[i] != prompt_of[epoch[n - 1]]]
+        assert len(runs) == 3  # every prompt's six rows are consecutive
+    assert epochs[0] != epochs[1] != epochs[2]

@@ -289,7 +289,7 @@ def length_game_command(
                                                                    "(`make smollm2` writes the default)"),
     prompts: str = typer.Option("data/ultrafeedback_prompts_test.jsonl", help="prompt file (short ones are used)"),
     prompt_count: int = typer.Option(16, help="prompts"),
-    rounds: int = typer.Option(24, help="rounds of sampling per algorithm (the same for every rule)"),
+    rounds: int = typer.Option(20, help="rounds of sampling per algorithm (the same for every rule)"),
     samples: int = typer.Option(4, help="responses per prompt and round"),
     max_new_tokens: int = typer.Option(48, help="the cap on a response's length"),
     algorithms: str = typer.Option("comal,iter-ipo,onpo", help=f"comma-separated, any of: {', '.join(RULES)}"),
@@ -319,7 +319,7 @@ def length_game_command(
         _say(f"{algorithm} iterate {t}: classes ({shares}), gap {measured['gap']:.3f} ± {measured['standard_error']:.3f}")
 
     summary = run_length_game(settings, out, report=report, bar=_bars(), progress=_say)
-    table = Table("algorithm", "samples drawn", "start gap", "final classes (short, medium, long)", "final gap ± SE",
+    table = Table("algorithm", "samples per prompt", "start gap", "final classes (short, medium, long)", "final gap ± SE",
                   "tabular final gap", "minutes",
                   title=f"Length game: short < {summary['thresholds'][0]:g} ≤ medium < {summary['thresholds'][1]:g} ≤ long "
                         "tokens; Nash (4/11, 3/11, 4/11)")

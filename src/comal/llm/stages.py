@@ -239,9 +239,13 @@ def train_stage(out: Path, *, pairs: Path, logprobs: Path, step: ProxStep, start
                   for i, (first, second) in enumerate(encoded)]
     model = load_model(start)
     if lora is not None:
+        import warnings
+
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+        with warnings.catch_warnings():  # peft reads an attribute transformers 5 renamed; not the user's concern
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
     train(model, train_rows, step, settings, pad_id=tokenizer.pad_token_id, log_path=out / "metrics.jsonl", bar=bar)
     if lora is not None:  # a full checkpoint, loadable by from_pretrained
         model = model.merge_and_unload()

@@ -80,6 +80,30 @@ def _collate_rows(rows: Sequence[TrainRow], pad_id: int) -> dict:
     return batch
 
 
+class PromptGroupedOrder(torch.utils.data.Sampler):
+    """Row indices in a fresh random order every epoch, with each prompt's rows kept together.
+
+    The prompts are shuffled and so are the rows within a prompt; consecutive batches then hold the
+    rows of one or two prompts, whose m responses (shared among m(m − 1)/2 soft rows) are forwarded
+    once per batch by :func:`_collate_rows` instead of once per row they appear in.
+    """
+
+    def __init__(self, rows: Sequence[TrainRow], generator: torch.Generator):
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, row in enumerate(rows):
+            groups.setdefault(row.first.ids[:row.first.response_start], []).append(index)
+        self.groups = list(groups.values())
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return sum(len(group) for group in self.groups)
+
+    def __iter__(self):
+        for g in torch.randperm(len(self.groups), generator=self.generator).tolist():
+            group = self.groups[g]
+            yield from (group[i] for i in torch.randperm(len(group), generator=self.generator).tolist())
+
+
 def row_losses(model, step: ProxStep, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row losses of ``step`` on a collated batch and the fitted margins (or log-ratios)."""
     policy = sequence_logps(model, batch["sequences"])
@@ -117,9 +141,9 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    loader = DataLoader(list(rows), batch_size=config.batch_size, shuffle=True,
-                        collate_fn=lambda chunk: _collate_rows(chunk, pad_id),
-                        generator=torch.Generator().manual_seed(config.seed))
+    loader = DataLoader(list(rows), batch_size=config.batch_size,
+                        sampler=PromptGroupedOrder(rows, torch.Generator().manual_seed(config.seed)),
+                        collate_fn=lambda chunk: _collate_rows(chunk, pad_id))
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     total = config.epochs * math.ceil(len(loader) / config.gradient_accumulation)
     scheduler = get_linear_schedule_with_warmup(optimiser, int(config.warmup_ratio * total), total)

@@ -38,12 +38,12 @@ from comal.testbed.length_game import (
     CLASSES, LengthClasses, LengthClassJudge, class_gap, class_shares, token_length,
 )
 
-# COMAL: the paper's LLM recipe (INPO inner steps, μ moved every K iterations); ONPO and iterative
-# IPO: the step size the tabular sampled rule prefers at this budget (benchmarks/length_game.py).
+# Each rule at the setting its sampled tabular rule prefers at the default budget (20 rounds of 4
+# responses on 16 prompts), every rule searched the same way: benchmarks/length_game_steps.py.
 DEFAULT_LENGTH_ALGORITHMS = {
-    "comal": AlgorithmSettings(eta=2.0, tau_eta_ratio=0.3, reference_period=4, inner="inpo", tolerance=0.0),
-    "iter-ipo": AlgorithmSettings(eta=0.5),
-    "onpo": AlgorithmSettings(eta=0.5),
+    "comal": AlgorithmSettings(eta=0.5, tau_eta_ratio=0.3, reference_period=6, inner="inpo", tolerance=0.0),
+    "iter-ipo": AlgorithmSettings(eta=0.25),
+    "onpo": AlgorithmSettings(eta=0.25),
 }
 
 
@@ -61,10 +61,11 @@ class LengthGameSettings(BaseModel):
     max_new_tokens: int = Field(48, ge=3)
     calibration_samples: int = Field(8, ge=2, description="start responses per prompt that set the thresholds")
     evaluation_samples: int = Field(8, ge=1, description="responses per prompt that measure the last iterate")
-    rounds: int = Field(24, ge=1, description="rounds of sampling per algorithm (the budget)")
+    rounds: int = Field(20, ge=1, description="rounds of sampling per algorithm (the budget)")
     epochs: int = Field(1, ge=1)
     learning_rate: float = Field(2e-4, gt=0)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int | None = Field(None, ge=1, description="rows per optimiser step; None: one prompt's "
+                                   "k(k − 1)/2 soft rows, so each step forwards that prompt's k responses once")
     lora_rank: int | None = Field(16, ge=1, description="LoRA rank on every linear layer; None: full fine-tune")
     seed: int = 0
     algorithms: dict[str, AlgorithmSettings] = Field(default_factory=lambda: dict(DEFAULT_LENGTH_ALGORITHMS))
@@ -90,7 +91,8 @@ class LengthGameSettings(BaseModel):
             "prompts": str(prompts_file), "algorithm": algorithm, "iterations": self.rounds, "rows": "soft",
             **{key: value for key, value in parameters.items() if value is not None},
             "sampling": self.sampling(self.samples_per_prompt, self.seed),
-            "training": {"epochs": self.epochs, "learning_rate": self.learning_rate, "batch_size": self.batch_size,
+            "training": {"epochs": self.epochs, "learning_rate": self.learning_rate,
+                         "batch_size": self.batch_size or self.samples_per_prompt * (self.samples_per_prompt - 1) // 2,
                          "mixed_precision": "no", "seed": self.seed},
             "seed": self.seed})
         rounds = len(config.rule().sampled_policies())
