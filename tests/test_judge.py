@@ -118,3 +118,24 @@ def test_judge_quality_reads_position_bias_agreement_and_ties(verdict, first, sa
     assert quality["same_winner_both_orders"] == pytest.approx(same)
     assert quality["near_ties"] == pytest.approx(ties)
     assert (judge_warning(quality) is not None) == warned
+
+
+def test_win_rate_reports_each_order_a_bootstrap_interval_and_failures():
+    from comal.llm.evaluate import win_rate
+
+    # a judge that prefers the longer answer, plus 0.1 for whichever is listed first; "?" fails
+    def verdict(prompt, a, b):
+        return float("nan") if "?" in (a, b) else min(1.0, 0.4 + 0.2 * (len(a) > len(b)) + 0.1)
+
+    prompts = [f"p{i}" for i in range(40)]
+    new = ["long answer" if i % 4 else "s" for i in range(40)]
+    old = ["mid" for _ in range(40)]
+    new[0] = "?"
+    result = win_rate(CallableJudge(verdict), prompts, new, old)
+    longer = np.array([len(a) > len(b) for a, b in zip(new, old)])[1:]
+    assert result["prompts"] == 39 and result["failures"] == 2
+    assert result["listed_first"] == pytest.approx(np.mean(0.5 + 0.2 * longer))
+    assert result["listed_first"] - result["listed_second"] == pytest.approx(0.2)  # twice the 0.1 bias
+    assert result["win_rate"] == pytest.approx((result["listed_first"] + result["listed_second"]) / 2)
+    low, high = result["ci95"]
+    assert low < result["win_rate"] < high and high - low < 0.2

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 
 import pytest
 
@@ -228,6 +229,10 @@ def test_evaluation_win_rates_and_matrix(setup):
     result = CliRunner().invoke(app, ["evaluate", str(tmp / "eval_run"), "-i", "1", "--matrix"])
     assert result.exit_code == 0, result.output
     assert "win_rate_vs_start" in result.stdout
+    low, high = metrics["vs_start"]["ci95"]
+    assert metrics["vs_start"]["prompts"] == 3 and (math.isnan(low) or low <= metrics["win_rate_vs_start"] <= high)
+    status = CliRunner().invoke(app, ["status", str(tmp / "eval_run")])
+    assert "evaluation" in status.stdout and f"{metrics['win_rate_vs_start']:.3f}" in status.stdout, status.stdout
 
 
 def test_paper_preset_runs_with_a_tiny_model_swapped_in(setup):

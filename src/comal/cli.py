@@ -359,7 +359,10 @@ def run_pipeline(config: Path = typer.Argument(..., help="YAML run configuration
 
     settings = load_config(config)
     run_dir = out or Path("runs") / config.stem
-    open_run(settings, run_dir, progress=_say, bar=_bars(), warn=_warn).run()
+    run = open_run(settings, run_dir, progress=_say, bar=_bars(), warn=_warn)
+    run.run()
+    if run.evaluations():
+        console.print(_evaluation_table(run.evaluations()))
     console.print(f"finished {settings.iterations} iterations in {run_dir}")
 
 
@@ -389,6 +392,31 @@ def status_command(run_dir: Path = typer.Argument(..., help="run folder")):
                            *(f"{style}{value:.2f}" if value is not None else "–" for value in figures),
                            str(row["failures"]))
         console.print(judged)
+    evaluations = run.evaluations()
+    if evaluations:
+        console.print(_evaluation_table(evaluations))
+
+
+def _evaluation_table(evaluations: list[dict]) -> Table:
+    """Win rates of π_{t+1} on the held-out prompts, judged in both orders, with their intervals."""
+    table = Table("iteration", "vs start [95% CI]", "listed first / second", "vs previous [95% CI]",
+                  "mean length (chars)", "prompts", "failures",
+                  title="evaluation: soft win rate of π_{t+1}, both orders averaged (bootstrap over prompts)")
+
+    def rate(versus: dict | None, scalar: float) -> str:
+        if versus is None:  # written before intervals were recorded
+            return f"{scalar:.3f}"
+        low, high = versus["ci95"]
+        return f"{versus['win_rate']:.3f} [{low:.3f}, {high:.3f}]"
+
+    for metrics in evaluations:
+        start = metrics.get("vs_start")
+        orders = f"{start['listed_first']:.3f} / {start['listed_second']:.3f}" if start else "–"
+        table.add_row(str(metrics["iteration"] + 1), rate(start, metrics["win_rate_vs_start"]), orders,
+                      rate(metrics.get("vs_previous"), metrics["win_rate_vs_previous"]),
+                      f"{metrics['mean_length']:.0f} (start {metrics['start_mean_length']:.0f})",
+                      str(metrics["prompts"]), str(metrics["judge_failures"]))
+    return table
 
 
 def _round_command(name: str, help_text: str):

@@ -1,8 +1,9 @@
 """Evaluation: win rates between checkpoints on held-out prompts, judged in both orders.
 
 One response per prompt per checkpoint (cached on disk); the win rate of A over B is the mean over
-prompts of ``(P(a ≻ b) + 1 − P(b ≻ a)) / 2``, the soft score of the paper's evaluation. Judge
-failures are left out and counted. Lengths are in characters, as the official evaluation reports.
+prompts of ``(P(a ≻ b) + 1 − P(b ≻ a)) / 2``, the soft score of the paper's evaluation, with a 95%
+bootstrap interval over prompts and each order's figure beside it. Judge failures are left out and
+counted. Lengths are in characters, as the official evaluation reports.
 """
 
 from __future__ import annotations
@@ -34,15 +35,39 @@ def checkpoint_responses(folder: Path, prompts: Sequence[str], draw: Callable[[S
 
 
 def win_rate(judge: Judge, prompts: Sequence[str], first: Sequence[str | None], second: Sequence[str | None],
-             cache: JudgeCache | None = None, advance: Advance = lambda count: None) -> tuple[float, int]:
-    """Mean soft score of ``first`` over ``second`` (both orders) and the number of judge failures."""
+             cache: JudgeCache | None = None, advance: Advance = lambda count: None) -> dict:
+    """The soft win rate of ``first`` over ``second``, judged in both orders.
+
+    ``win_rate``: the mean over prompts of ``(P(a ≻ b) + 1 − P(b ≻ a)) / 2``, with ``ci95``, its 95%
+    bootstrap interval over prompts (BCa, scipy); ``listed_first`` and ``listed_second``: the same
+    mean from one order only (``P(a ≻ b)`` and ``1 − P(b ≻ a)``), whose difference is the judge's
+    position bias on these pairs; ``prompts``: the pairs judged; ``failures``: verdicts left out.
+    """
     keep = [i for i, (a, b) in enumerate(zip(first, second)) if a is not None and b is not None]
     asks = [(prompts[i], first[i], second[i]) for i in keep] + [(prompts[i], second[i], first[i]) for i in keep]
     asked = cached_prefer(judge, asks, cache if cache is not None else JudgeCache(), advance)
-    forward, backward = asked[:len(keep)], asked[len(keep):]
-    scores = np.nanmean(np.stack([forward, 1 - backward]), axis=0)
-    failures = int(np.isnan(forward).sum() + np.isnan(backward).sum())
-    return (float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")), failures
+    forward, backward = asked[:len(keep)], 1 - asked[len(keep):]
+    both = np.stack([forward, backward])
+    scores = np.nanmean(both[:, np.isfinite(both).any(axis=0)], axis=0)  # an order that failed is left out
+    return {"win_rate": float(scores.mean()) if scores.size else float("nan"), "ci95": bootstrap_interval(scores),
+            "listed_first": _mean(forward), "listed_second": _mean(backward), "prompts": int(scores.size),
+            "failures": int(np.isnan(forward).sum() + np.isnan(backward).sum())}
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def bootstrap_interval(scores: np.ndarray, confidence: float = 0.95, seed: int = 0) -> list[float]:
+    """The ``confidence`` bootstrap interval (BCa) of the mean of ``scores``; NaNs for fewer than 2
+    distinct scores, where no interval can be estimated."""
+    from scipy.stats import bootstrap
+
+    if np.unique(scores).size < 2:
+        return [float("nan"), float("nan")]
+    result = bootstrap((scores,), np.mean, confidence_level=confidence, n_resamples=4000,
+                       random_state=np.random.default_rng(seed))
+    return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
 
 
 def win_matrix(judge: Judge, prompts: Sequence[str], responses: Sequence[Sequence[str | None]],
@@ -51,7 +76,7 @@ def win_matrix(judge: Judge, prompts: Sequence[str], responses: Sequence[Sequenc
     matrix = np.full((len(responses), len(responses)), 0.5)
     for i in range(len(responses)):
         for j in range(i + 1, len(responses)):
-            matrix[i, j] = win_rate(judge, prompts, responses[i], responses[j], cache)[0]
+            matrix[i, j] = win_rate(judge, prompts, responses[i], responses[j], cache)["win_rate"]
             matrix[j, i] = 1 - matrix[i, j]
     return matrix
 

@@ -260,12 +260,14 @@ class Run:
                                     for path in (self.policy(t + 1), self.folder.start, self.policy(t)))
             judge = self._parts().judge
             with self.bar(f"evaluate iteration {t}: judge asks", 4 * len(prompts)) as advance:
-                versus_start, failures_start = win_rate(judge, prompts, new, start, cache, advance)
-                versus_previous, failures_previous = win_rate(judge, prompts, new, previous, cache, advance)
+                versus_start = win_rate(judge, prompts, new, start, cache, advance)
+                versus_previous = win_rate(judge, prompts, new, previous, cache, advance)
             write_json(out / "metrics.json", {
-                "iteration": t, "win_rate_vs_start": versus_start, "win_rate_vs_previous": versus_previous,
-                "mean_length": mean_length(new), "start_mean_length": mean_length(start),
-                "judge_failures": failures_start + failures_previous, "prompts": len(prompts)})
+                "iteration": t, "win_rate_vs_start": versus_start["win_rate"],
+                "win_rate_vs_previous": versus_previous["win_rate"], "vs_start": versus_start,
+                "vs_previous": versus_previous, "mean_length": mean_length(new),
+                "start_mean_length": mean_length(start),
+                "judge_failures": versus_start["failures"] + versus_previous["failures"], "prompts": len(prompts)})
 
         return write_atomically(self.folder.evaluation(t), write)
 
@@ -309,6 +311,11 @@ class Run:
                     rows.append({"iteration": t, "round": name, **recorded.get("judge_quality", {}),
                                  "failures": recorded["judge_failures"], "warning": recorded.get("judge_warning")})
         return rows
+
+    def evaluations(self) -> list[dict]:
+        """The metrics of every finished evaluation stage, in iteration order."""
+        return [json.loads((self.folder.evaluation(t) / "metrics.json").read_text())
+                for t in range(self.config.iterations) if self.folder.done(self.folder.evaluation(t))]
 
     def status(self) -> list[dict]:
         """Per iteration and stage: True when complete, "started" while being written (or cut off by a

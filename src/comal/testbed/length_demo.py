@@ -159,8 +159,10 @@ def run_algorithm(algorithm: str, settings: LengthGameSettings, out: Path, promp
 
     config = settings.run_config(algorithm, out / "prompts.jsonl")
     judge = LengthClassJudge(tokenizer, classes)
+    # the class judge is exact: its ties are pairs of one class, not noise, so no judge-quality warning
     run = open_run(config, out / algorithm, judge=judge, load_model=cached_loader(_load_causal_lm, size=2),
-                   bar=prefixed(bar, algorithm), progress=lambda message: progress(f"{algorithm} {message}"))
+                   bar=prefixed(bar, algorithm), progress=lambda message: progress(f"{algorithm} {message}"),
+                   warn=lambda message: None)
     started = time.perf_counter()
 
     def lengths_of(folder: Path) -> list[list[int]]:
