@@ -287,7 +287,7 @@ class LLMJudge(Judge):
         """
         import torch
 
-        from comal.llm.logprobs import left_padded, prefill, real_positions
+        from comal.llm.logprobs import cache_argument, left_padded, prefill, real_positions
 
         shared = _common_prefix(rows, limit=min(len(ids) for ids in rows) - 1) if len(rows) > 1 else 0
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
@@ -300,8 +300,8 @@ class LLMJudge(Judge):
         cache.batch_repeat_interleave(len(rows))
         full_mask = torch.cat([torch.ones(len(rows), shared, dtype=mask.dtype, device=device), mask], dim=1)
         positions = shared + real_positions(mask)
-        return self.model(input_ids=ids, attention_mask=full_mask, position_ids=positions, past_key_values=cache,
-                          logits_to_keep=1).logits[:, -1]
+        return self.model(input_ids=ids, attention_mask=full_mask, position_ids=positions,
+                          logits_to_keep=1, **cache_argument(cache)).logits[:, -1]
 
 
 def _common_prefix(rows: Sequence[Sequence[int]], limit: int) -> int:

@@ -10,8 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import inspect
+
 import numpy as np
 import torch
+from transformers import LlamaForCausalLM
+
+# transformers 5.24 renamed the key/value cache argument of ``forward`` and ``generate`` from
+# ``past_key_values`` to ``cache`` (the old name still works, with a deprecation warning)
+CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
+def cache_argument(cache) -> dict:
+    """``{name: cache}`` under the keyword this transformers version reads (:data:`CACHE_ARGUMENT`)."""
+    return {CACHE_ARGUMENT: cache}
 
 
 @dataclass(frozen=True)
@@ -78,7 +90,7 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
 
     cache = DynamicCache(config=model.config)
     model(input_ids=input_ids, attention_mask=attention_mask, position_ids=real_positions(attention_mask),
-          past_key_values=cache, use_cache=True, logits_to_keep=1)
+          use_cache=True, logits_to_keep=1, **cache_argument(cache))
     return cache
 
 

@@ -13,7 +13,7 @@ from typing import Callable, Literal, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from comal.llm.logprobs import encode, left_padded, prefill
+from comal.llm.logprobs import cache_argument, encode, left_padded, prefill
 
 
 class SamplingConfig(BaseModel):
@@ -108,7 +108,7 @@ def sample(model, tokenizer, prompts: Sequence[str], config: SamplingConfig,
             if cache is not None:
                 cache.batch_repeat_interleave(k)
             output = model.generate(input_ids=input_ids.repeat_interleave(k, 0),
-                                    attention_mask=attention.repeat_interleave(k, 0), past_key_values=cache,
+                                    attention_mask=attention.repeat_interleave(k, 0), **cache_argument(cache),
                                     do_sample=True, temperature=config.temperature, top_p=config.top_p,
                                     max_new_tokens=config.max_new_tokens,
                                     pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)

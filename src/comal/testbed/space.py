@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from transformers import LlamaForCausalLM
 
+from comal.llm.logprobs import CACHE_ARGUMENT
+
 
 @dataclass(frozen=True)
 class ResponseSpace:
@@ -71,7 +73,7 @@ class ConstrainedLlama(LlamaForCausalLM):
         return ResponseSpace(**{**self.config.response_space, "tokens": tuple(self.config.response_space["tokens"])})
 
     def forward(self, input_ids=None, attention_mask=None, **kwargs):
-        past = kwargs.get("past_key_values")  # read before the forward pass extends the cache
+        past = kwargs.get(CACHE_ARGUMENT)  # read before the forward pass extends the cache
         offset = 0 if past is None or not hasattr(past, "get_seq_length") else past.get_seq_length()
         output = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         total = offset + (input_ids.shape[1] if input_ids is not None else kwargs["inputs_embeds"].shape[1])
