@@ -1,10 +1,13 @@
 """Sampling: k responses per prompt, reproducible by seed, long prompts truncated or skipped."""
 
+import numpy as np
 import pytest
+import scipy.stats
 import torch
+from transformers import LogitsProcessorList
 
-from comal.llm.logprobs import encode
-from comal.llm.sample import SamplingConfig, sample
+from comal.llm.logprobs import encode, left_padded
+from comal.llm.sample import SamplingConfig, SeededRows, response_seed, sample
 from comal.llm.tiny import tiny_causal_lm, tiny_tokenizer
 
 PROMPTS = ["say hello", "please write a b c", "which is better"]
@@ -23,26 +26,57 @@ def test_k_samples_per_prompt_reproducible_by_seed():
     assert other.response_ids != first.response_ids
 
 
+def test_a_prompts_samples_do_not_depend_on_the_batch_or_the_other_prompts():
+    """Per-response seeds: what the processes of a sharded run draw is what one process draws."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_causal_lm(tokenizer)
+    config = SamplingConfig(samples_per_prompt=3, max_new_tokens=8, batch_size=2, seed=4)
+    together = sample(model, tokenizer, PROMPTS, config)
+    assert sample(model, tokenizer, PROMPTS[::-1], config.model_copy(update={"batch_size": 3})).response_ids \
+        == together.response_ids[::-1]
+    assert [sample(model, tokenizer, [prompt], config).response_ids[0] for prompt in PROMPTS] == together.response_ids
+
+
 def test_shared_prompt_cache_draws_what_generate_draws():
-    """Each prompt is read once for its k samples; the draws are generate's own (same seed, same tokens)."""
+    """Each prompt is read once for its k samples; the tokens are those of one generate call on the
+    whole rows with the same per-response streams."""
     tokenizer = tiny_tokenizer()
     model = tiny_causal_lm(tokenizer)
     config = SamplingConfig(samples_per_prompt=3, max_new_tokens=8, batch_size=3, seed=4)
     drawn = sample(model, tokenizer, PROMPTS, config)
-    rows = sorted([encode(tokenizer, prompt, ()).ids for prompt in PROMPTS], key=len)  # sample() batches by length
-    width = max(map(len, rows))
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([(pad,) * (width - len(ids)) + ids for ids in rows])
-    torch.manual_seed(config.seed)
-    output = model.generate(input_ids=input_ids, attention_mask=(input_ids != pad).long(), do_sample=True,
-                            temperature=config.temperature, top_p=config.top_p, max_new_tokens=8,
-                            num_return_sequences=3, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-    expected = {}
-    for row, ids in enumerate(rows):
-        tokens = output[row * 3:(row + 1) * 3, width:].tolist()
-        expected[ids] = [tuple(t[:t.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in t else t)
-                         for t in tokens]
-    assert [expected[encode(tokenizer, prompt, ()).ids] for prompt in PROMPTS] == drawn.response_ids
+    order = sorted(PROMPTS, key=lambda prompt: len(encode(tokenizer, prompt, ()).ids))  # sample() batches by length
+    input_ids, attention = left_padded([encode(tokenizer, prompt, ()).ids for prompt in order], tokenizer.pad_token_id)
+    rows = SeededRows([response_seed(4, prompt, j) for prompt in order for j in range(3)], config.temperature,
+                      config.top_p)
+    output = model.generate(input_ids=input_ids.repeat_interleave(3, 0), attention_mask=attention.repeat_interleave(3, 0),
+                            do_sample=False, max_new_tokens=8, logits_processor=LogitsProcessorList([rows]),
+                            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    eos = tokenizer.eos_token_id
+    tokens = [t[:t.index(eos) + 1] if eos in t else t for t in output[:, input_ids.shape[1]:].tolist()]
+    expected = {prompt: [tuple(t) for t in tokens[3 * n:3 * n + 3]] for n, prompt in enumerate(order)}
+    assert [expected[prompt] for prompt in PROMPTS] == drawn.response_ids
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.5])
+def test_draws_follow_the_tempered_nucleus_distribution(top_p):
+    """The Gumbel-max draws of the first token match softmax(z / T) on the top-p nucleus (χ² test)."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_causal_lm(tokenizer)
+    config = SamplingConfig(samples_per_prompt=4000, max_new_tokens=1, temperature=0.7, top_p=top_p, seed=3)
+    drawn = sample(model, tokenizer, ["say hello"], config).response_ids[0]
+    with torch.no_grad():
+        logits = model(torch.tensor([encode(tokenizer, "say hello", ()).ids])).logits[0, -1].double() / 0.7
+    probabilities = torch.softmax(logits, -1)
+    ranked = probabilities.sort(descending=True)
+    outside = ranked.indices[(ranked.values.cumsum(0) - ranked.values) >= top_p]  # transformers' nucleus rule
+    probabilities[outside] = 0
+    probabilities = (probabilities / probabilities.sum()).numpy()
+    counts = np.bincount([ids[0] for ids in drawn], minlength=len(probabilities))
+    assert counts[probabilities == 0].sum() == 0
+    kept = probabilities * len(drawn) >= 5
+    observed = np.append(counts[kept], counts[~kept].sum())
+    expected = np.append(probabilities[kept], probabilities[~kept].sum()) * len(drawn)
+    assert scipy.stats.chisquare(observed[expected > 0], expected[expected > 0]).pvalue > 1e-3
 
 
 def test_eos_ends_a_response():

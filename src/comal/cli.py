@@ -7,6 +7,7 @@ Errors in the input print one line (``error: …``) on stderr and exit with code
 from __future__ import annotations
 
 import json
+import os
 import sys
 from functools import wraps
 from pathlib import Path
@@ -352,18 +353,45 @@ def prepare_command(
 @app.command("run")
 @user_errors
 def run_pipeline(config: Path = typer.Argument(..., help="YAML run configuration (see configs/)"),
-                 out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default runs/<config name>)")):
+                 out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default runs/<config name>)"),
+                 processes: int = typer.Option(1, min=1, help="processes on this machine (accelerate launch): "
+                                               "sampling, judging and log-probs shared by prompt, training data-parallel"),
+                 accelerate_config: Optional[Path] = typer.Option(
+                     None, help="an accelerate config file for the launch (configs/accelerate/: DDP, ZeRO, FSDP)")):
     """Run the whole loop; a rerun on the same folder resumes where it stopped."""
     from comal.llm.config import load_config
     from comal.llm.loop import open_run
 
     settings = load_config(config)
     run_dir = out or Path("runs") / config.stem
+    if (processes > 1 or accelerate_config is not None) and "LOCAL_RANK" not in os.environ:
+        raise typer.Exit(_launch(["run", str(config), "--out", str(run_dir)], processes, accelerate_config))
     run = open_run(settings, run_dir, progress=_say, bar=_bars(), warn=_warn)
     run.run()
-    if run.evaluations():
-        console.print(_evaluation_table(run.evaluations()))
-    console.print(f"finished {settings.iterations} iterations in {run_dir}")
+    if run.processes.main:
+        if run.evaluations():
+            console.print(_evaluation_table(run.evaluations()))
+        console.print(f"finished {settings.iterations} iterations in {run_dir}")
+
+
+def _launch(arguments: list[str], processes: int, config_file: Path | None) -> int:
+    """``accelerate launch`` of ``comal ARGUMENTS`` on ``processes`` processes of this machine (gloo
+    on CPUs, NCCL on GPUs; ``config_file`` sets the rest); its exit code."""
+    import socket
+    import subprocess
+
+    if config_file is not None and not config_file.is_file():
+        raise ValueError(f"--accelerate-config {config_file}: no such file (see configs/accelerate/)")
+    with socket.socket() as probe:  # a free port, so that two runs on one machine do not collide
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(port)]
+    if config_file is not None:
+        launch += ["--config_file", str(config_file)] + (["--num_processes", str(processes)] if processes > 1 else [])
+    else:
+        launch += ["--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return subprocess.run(launch + ["-m", "comal", *arguments]).returncode
 
 
 @app.command("status")

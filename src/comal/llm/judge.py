@@ -59,18 +59,39 @@ class JudgeCache:
     """Judgements keyed by (prompt, first, second), appended to a JSON-lines file as they come.
 
     A resumed run reloads the file and judges no pair twice; a line cut short by a kill is skipped.
+    Process ``rank`` of several appends to its own ``<name>.rank<r>.jsonl`` beside the file (read
+    by every process) until the main process moves those lines into the file (:meth:`gather_ranks`).
     """
 
-    def __init__(self, path: str | Path | None = None):
+    def __init__(self, path: str | Path | None = None, rank: int = 0):
         self.path = Path(path) if path is not None else None
         self.values: dict[str, float] = {}
-        if self.path is not None and self.path.exists():
-            for line in self.path.read_text().splitlines():
+        self.writes_to = self.path if self.path is None or rank == 0 else self._rank_file(rank)
+        for source in self._sources():
+            for line in source.read_text().splitlines():
                 try:
                     entry = json.loads(line)
                     self.values[entry["key"]] = float(entry["p"]) if entry["p"] is not None else np.nan
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue
+
+    def _rank_file(self, rank: int) -> Path:
+        return self.path.with_name(f"{self.path.stem}.rank{rank}{self.path.suffix}")
+
+    def _sources(self) -> list[Path]:
+        if self.path is None:
+            return []
+        ranks = sorted(self.path.parent.glob(f"{self.path.stem}.rank*{self.path.suffix}"))
+        return [path for path in [self.path, *ranks] if path.is_file()]
+
+    def gather_ranks(self) -> None:
+        """Move the other processes' judgements into the file (main process, when they are done)."""
+        for source in self._sources()[1:] if self.path.is_file() else self._sources():
+            text = source.read_text()
+            with open(self.path, "a") as handle:
+                handle.write(text if text.endswith("\n") or not text else text + "\n")  # a line cut by a kill
+            source.unlink()
+        self.__init__(self.path)
 
     @staticmethod
     def key(prompt: str, first: str, second: str) -> str:
@@ -81,9 +102,9 @@ class JudgeCache:
         for key, p in zip(keys, probabilities):
             self.values[key] = float(p)
             lines.append(json.dumps({"key": key, "p": None if np.isnan(p) else float(p)}))
-        if self.path is not None and lines:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as handle:
+        if self.writes_to is not None and lines:
+            self.writes_to.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.writes_to, "a") as handle:
                 handle.write("\n".join(lines) + "\n")
 
 

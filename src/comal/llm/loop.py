@@ -17,6 +17,11 @@ map to checkpoints; iteration t runs ``config.rule_at(t)`` (η annealed when the
 the state at iteration t is replayed from the finished outputs of earlier
 iterations with ``rule.next_state``, so no schedule is written twice. Seeds depend only on the
 config's seed, the iteration and the stage, so a resumed run ends with the same checkpoints.
+
+With several processes (``accelerate launch``, :mod:`comal.llm.processes`) sampling, judging and
+log-probs are shared out by prompt and merged, training is data-parallel at the same global batch,
+and the rest is written by the main process: every response has its own seed, so the samples,
+verdicts and rows do not depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -33,11 +38,14 @@ from comal.llm.config import RunConfig
 from comal.llm.evaluate import checkpoint_responses, mean_length, plot_win_matrix, win_matrix, win_rate
 from comal.llm.judge import Judge, JudgeCache, JudgeQualityWarning, build_judge
 from comal.llm.prepare import check_model_folder
+from comal.llm.processes import ONE_PROCESS, Processes, current_processes
 from comal.llm.progress import Bar, no_bar, prefixed
-from comal.llm.run_folder import RunError, RunFolder, write_atomically, write_json
+from comal.llm.run_folder import (
+    RunError, RunFolder, load_rows, write_json, write_on_main, write_sharded, write_together,
+)
 from comal.llm.stages import (
-    RoundEstimates, Sampler, judge_stage, load_prompts, logprobs_stage, model_sampler, pairs_stage, sample_stage,
-    train_stage,
+    RoundEstimates, Sampler, judge_stage, load_prompts, logprobs_stage, merge_judged, merge_logprobs, merge_samples,
+    model_sampler, pairs_stage, prompt_groups, sample_stage, train_stage,
 )
 from comal.rules import CURRENT, REFERENCE, ProxStep, State, heaviest_anchor, rows_policy
 
@@ -60,9 +68,10 @@ class Run:
 
     def __init__(self, config: RunConfig, folder: RunFolder, parts: Components | None = None,
                  progress: Callable[[str], None] = lambda message: None, bar: Bar = no_bar,
-                 warn: Callable[[str], None] = lambda message: warnings.warn(message, JudgeQualityWarning)):
+                 warn: Callable[[str], None] = lambda message: warnings.warn(message, JudgeQualityWarning),
+                 processes: Processes = ONE_PROCESS):
         self.config, self.folder, self.parts, self.progress, self.bar = config, folder, parts, progress, bar
-        self.warn = warn
+        self.warn, self.processes = warn, processes
         self.rule = config.rule()  # what every iteration shares: policies kept, rounds, outputs
         self.outputs = tuple(step.output for step in self.rule.prox_steps())
         self._states: dict[int, State] = {}
@@ -124,7 +133,7 @@ class Run:
     @cached_property
     def judge_cache(self) -> JudgeCache:
         """Every judgement of the run, read from disk once per run object and appended to as it grows."""
-        return JudgeCache(self.folder.judge_cache)
+        return JudgeCache(self.folder.judge_cache, self.processes.rank)
 
     @cached_property
     def eval_judge_cache(self) -> JudgeCache:
@@ -141,19 +150,28 @@ class Run:
     def sample(self, t: int, name: str, policies: dict[str, Path]) -> Path:
         """Round of samples of policy ``name`` (its checkpoint in ``policies``) in iteration ``t``."""
         settings = self.config.sampling.model_copy(update={"seed": self.seed(t, f"sample/{name}")})
-        return write_atomically(self.folder.round(t, name, "sample"), lambda out: sample_stage(
-            out, prompts=self.prompts(t), policy=policies[name], settings=settings, sampler=self._parts().sampler,
-            bar=prefixed(self.bar, f"iteration {t} {name}")))
+        prompts = self.prompts(t)
+        return write_sharded(self.folder.round(t, name, "sample"), prompts, lambda out, share: sample_stage(
+            out, prompts=share, policy=policies[name], settings=settings, sampler=self._parts().sampler,
+            bar=prefixed(self.bar, f"iteration {t} {name}")),
+            lambda shards, shares, out: merge_samples(shards, shares, out, prompts), self.processes)
 
     def judge(self, t: int, name: str) -> Path:
+        path = self.folder.round(t, name, "judge")
         samples = self.folder.require(self.folder.round(t, name, "sample"), f"the samples of '{name}'")
-        judged = write_atomically(self.folder.round(t, name, "judge"), lambda out: judge_stage(
-            out, samples=samples, judge=self._parts().judge, cache=self.judge_cache,
-            bar=prefixed(self.bar, f"iteration {t} {name}")))
-        warning = json.loads((judged / "counts.json").read_text()).get("judge_warning")
+        if not path.is_dir():
+            write_sharded(path, load_rows(samples), lambda out, share: judge_stage(
+                out, records=share, judge=self._parts().judge, cache=self.judge_cache,
+                bar=prefixed(self.bar, f"iteration {t} {name}")), merge_judged, self.processes)
+            if self.processes.count > 1:  # every process reads what the others judged
+                if self.processes.main:
+                    self.judge_cache.gather_ranks()
+                self.processes.barrier()
+                del self.judge_cache
+        warning = json.loads((path / "counts.json").read_text()).get("judge_warning")
         if warning:
             self.warn(f"iteration {t}, round of {name}: {warning}")
-        return judged
+        return path
 
     def round_policies(self, t: int, name: str) -> dict[str, Path]:
         """The checkpoints as they stand when the rule first needs the round of ``name``."""
@@ -169,21 +187,28 @@ class Run:
         return self.judge(t, name)
 
     def decide_reference(self, t: int) -> bool:
-        """Whether μ ← π_t before iteration ``t``'s steps, as the rule decides (written once)."""
+        """Whether μ ← π_t before iteration ``t``'s steps, as the rule decides (written once).
+
+        The round of π_t is drawn first when the first fit uses it (μ's move leaves π_t as it is),
+        so the decision, made by the main process, finds it whatever it reads."""
         if REFERENCE not in self.rule.keeps:
             return False
+        if not self.folder.done(self.folder.reference(t)) and rows_policy(self.rule.prox_steps()[0]) == CURRENT:
+            self.judged_round(t, CURRENT, dict(self.state(t).policies))
 
         def write(out: Path):
             state = self.state(t)
             parts = self._parts()
-            estimates = RoundEstimates(lambda: self.judged_round(t, CURRENT, dict(state.policies)), state.policies,
+            round_of_current = (lambda: self.judged_round(t, CURRENT, dict(state.policies))) if self.processes.count == 1 \
+                else (lambda: self.folder.require(self.folder.round(t, CURRENT, "judge"), "the judged round of π_t"))
+            estimates = RoundEstimates(round_of_current, state.policies,
                                        load_model=parts.load_model, tokenizer=parts.tokenizer,
                                        batch_size=self.config.training.batch_size, current=CURRENT)
             moved = self.config.rule_at(t).reference_due(state._replace(policies=estimates.policies), estimates.advantages)
             write_json(out / "decision.json", {"moved": bool(moved), "since_reference": state.since_reference,
                                                "reference_updates": state.reference_updates})
 
-        write_atomically(self.folder.reference(t), write)
+        write_on_main(self.folder.reference(t), write, self.processes)
         return self.reference_moved(t)
 
     def row_kind(self, step: ProxStep) -> str:
@@ -194,16 +219,20 @@ class Run:
     def pairs(self, t: int, step: ProxStep) -> Path:
         source = rows_policy(step)
         judged = self.folder.require(self.folder.round(t, source, "judge"), f"the judged samples of '{source}'")
-        return write_atomically(self.folder.fit(t, step.output, "pairs"), lambda out: pairs_stage(
-            out, judged=judged, kind=self.row_kind(step), min_margin=self.config.hard_min_margin))
+        return write_on_main(self.folder.fit(t, step.output, "pairs"), lambda out: pairs_stage(
+            out, judged=judged, kind=self.row_kind(step), min_margin=self.config.hard_min_margin), self.processes)
 
     def logprobs(self, t: int, step: ProxStep, policies: dict[str, Path]) -> Path:
         pairs = self.folder.require(self.folder.fit(t, step.output, "pairs"), f"the rows of '{step.output}'")
         anchors = {name: policies[name] for name, weight in step.anchor.items() if weight}
         parts = self._parts()
-        return write_atomically(self.folder.fit(t, step.output, "logprobs"), lambda out: logprobs_stage(
-            out, pairs=pairs, anchors=anchors, load_model=parts.load_model, tokenizer=parts.tokenizer,
-            batch_size=self.config.training.batch_size, bar=prefixed(self.bar, f"iteration {t} fit {step.output}")))
+        rows = load_rows(pairs)
+        groups = prompt_groups(rows)
+        return write_sharded(self.folder.fit(t, step.output, "logprobs"), groups, lambda out, share: logprobs_stage(
+            out, rows=[rows[i] for group in share for i in group], anchors=anchors, load_model=parts.load_model,
+            tokenizer=parts.tokenizer, batch_size=self.config.training.batch_size,
+            bar=prefixed(self.bar, f"iteration {t} fit {step.output}")),
+            lambda shards, shares, out: merge_logprobs(shards, shares, out, groups), self.processes)
 
     def fit_start(self, step: ProxStep, policies: dict[str, Path]) -> Path:
         """The fit starts from the policy it replaces, or (made this iteration) the heaviest anchor."""
@@ -215,10 +244,10 @@ class Run:
                                        f"the anchor log-probs of '{step.output}'")
         settings = self.config.training.model_copy(update={"seed": self.seed(t, f"train/{step.output}")})
         parts = self._parts()
-        return write_atomically(self.folder.fit(t, step.output, "train"), lambda out: train_stage(
+        return write_together(self.folder.fit(t, step.output, "train"), lambda out: train_stage(
             out, pairs=pairs, logprobs=logprobs, step=step, start=self.fit_start(step, policies),
             load_model=parts.load_model, tokenizer=parts.tokenizer, settings=settings, lora=self.config.model.lora,
-            bar=prefixed(self.bar, f"iteration {t} fit {step.output}")))
+            bar=prefixed(self.bar, f"iteration {t} fit {step.output}")), self.processes)
 
     def fit(self, t: int, index: int) -> None:
         """Pairs, anchor log-probs and training of the ``index``-th step of iteration ``t``."""
@@ -269,7 +298,7 @@ class Run:
                 "start_mean_length": mean_length(start),
                 "judge_failures": versus_start["failures"] + versus_previous["failures"], "prompts": len(prompts)})
 
-        return write_atomically(self.folder.evaluation(t), write)
+        return write_on_main(self.folder.evaluation(t), write, self.processes)
 
     def win_matrix(self) -> Path:
         """Win rates between every finished checkpoint of the run: ``eval/win_matrix.{json,png}``."""
@@ -340,16 +369,21 @@ class Run:
 def open_run(config: RunConfig, run_dir: str | Path, *, judge: Judge | None = None, model=None, tokenizer=None,
              load_model: Callable | None = None, sampler: Sampler | None = None,
              progress: Callable[[str], None] = lambda message: None, bar: Bar = no_bar,
-             warn: Callable[[str], None] = lambda message: warnings.warn(message, JudgeQualityWarning)) -> Run:
+             warn: Callable[[str], None] = lambda message: warnings.warn(message, JudgeQualityWarning),
+             processes: Processes | None = None) -> Run:
     """A run with its components loaded as the config names them; the start policy copied in.
 
     ``model``/``tokenizer`` (objects) replace ``model.path``; ``judge`` (any :class:`Judge`) the
     config's judge; ``load_model(path)`` replaces ``AutoModelForCausalLM``; ``sampler`` the
-    sampling backend.
+    sampling backend; ``processes`` those ``accelerate launch`` started (found by default). Only
+    the main process reports progress and warnings.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    processes = processes or current_processes()
+    if not processes.main:
+        progress, bar, warn = (lambda message: None), no_bar, (lambda message: None)
     folder = RunFolder(run_dir)
     model_path = Path(config.model.path) if model is not None else check_model_folder(config.model.path, "model.path")
     if tokenizer is None:
@@ -362,12 +396,13 @@ def open_run(config: RunConfig, run_dir: str | Path, *, judge: Judge | None = No
 
     load_model = load_model or load_causal_lm
     judge = judge or build_judge(config.judge)  # a bad judge is refused before the run folder is written
-    folder.adopt(config.model_dump_json(indent=1), lambda saved: RunConfig.model_validate_json(saved) == config)
 
     def save_start(out: Path):
         (model if model is not None else load_model(model_path)).save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
 
-    write_atomically(folder.start, save_start)
+    if processes.main:
+        folder.adopt(config.model_dump_json(indent=1), lambda saved: RunConfig.model_validate_json(saved) == config)
+    write_on_main(folder.start, save_start, processes)
     sampler = sampler or model_sampler(load_model, tokenizer, config.sampling.backend)
-    return Run(config, folder, Components(tokenizer, load_model, sampler, judge), progress, bar, warn)
+    return Run(config, folder, Components(tokenizer, load_model, sampler, judge), progress, bar, warn, processes)

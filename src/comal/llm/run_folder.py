@@ -10,7 +10,10 @@
 
 Every stage is written into ``<stage>.tmp`` and renamed when complete, so a stage folder exists
 only when its output is whole; a rerun skips finished stages and a killed run resumes where it
-stopped. Rows are ``datasets`` folders (``<stage>/data``, Arrow).
+stopped. Rows are ``datasets`` folders (``<stage>/data``, Arrow). With several processes a sharded
+stage is first written as ``<stage>.shards/<rank>-of-<count>/`` (each atomically; a resumed run
+keeps the finished ones), then merged by the main process; only the main process writes anything
+else.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
+
+from comal.llm.processes import ONE_PROCESS, Processes
 
 
 class RunError(ValueError):
@@ -34,6 +39,50 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
     temporary.mkdir(parents=True)
     write(temporary)
     temporary.rename(path)
+    return path
+
+
+def write_sharded(path: Path, items: Sequence, write: Callable[[Path, list], None],
+                  merge: Callable[[list[Path], list[list[int]], Path], None], processes: Processes = ONE_PROCESS) -> Path:
+    """``write(out, items)`` as one stage, shared among ``processes``.
+
+    One process writes ``path`` itself. Several each write ``write(shard, their share)`` into a shard
+    folder; the main process then calls ``merge(shard folders, each shard's item indices, out)``,
+    and every process returns once ``path`` is whole. Every process must call this for every stage.
+    """
+    if path.is_dir():
+        return path
+    if processes.count == 1:
+        return write_atomically(path, lambda out: write(out, list(items)))
+    shares = [processes.share(range(len(items)), rank) for rank in range(processes.count)]
+    shards = [path.with_name(f"{path.name}.shards") / f"{rank}-of-{processes.count}" for rank in range(processes.count)]
+    write_atomically(shards[processes.rank], lambda out: write(out, [items[i] for i in shares[processes.rank]]))
+    processes.barrier()
+    if processes.main:
+        write_atomically(path, lambda out: merge(shards, shares, out))
+        shutil.rmtree(shards[0].parent)
+    processes.barrier()
+    return path
+
+
+def write_on_main(path: Path, write: Callable[[Path], None], processes: Processes = ONE_PROCESS) -> Path:
+    """``write_atomically`` by the main process; the others wait until ``path`` is whole."""
+    if processes.main:
+        write_atomically(path, write)
+    processes.barrier()
+    return path
+
+
+def write_together(path: Path, write: Callable[[Path | None], None], processes: Processes = ONE_PROCESS) -> Path:
+    """A collective stage (data-parallel training): every process runs ``write``, the main one into
+    ``path`` (atomically), the others with ``None`` (they compute, the main process saves)."""
+    if path.is_dir():
+        return path
+    if processes.main:
+        write_atomically(path, write)
+    else:
+        write(None)
+    processes.barrier()
     return path
 
 
@@ -103,8 +152,9 @@ class RunFolder:
 
     @staticmethod
     def started(path: Path) -> bool:
-        """A stage being written now, or cut off by a kill (its ``.tmp`` folder; a rerun redoes it)."""
-        return path.with_name(path.name + ".tmp").is_dir()
+        """A stage being written now, or cut off by a kill (its ``.tmp`` or ``.shards`` folder; a rerun
+        redoes what is not finished)."""
+        return any(path.with_name(path.name + suffix).is_dir() for suffix in (".tmp", ".shards"))
 
     def require(self, path: Path, what: str) -> Path:
         """``path`` if that earlier output exists, else a clear error saying what to run first."""

@@ -1,17 +1,22 @@
 """Sampling stage: k responses per prompt from the current policy with transformers ``generate``.
 
-Each batch of prompts is drawn under its own seed (``seed + batch index``), so a resumed run draws
-the same samples for the batches it has left. Prompts that do not fit the model's context with
-room for ``max_new_tokens`` are truncated from the left or skipped, and counted.
+Every response has its own seed, fixed by the run's seed, the prompt's text and the sample's
+number (:func:`response_seed`), and is drawn by the Gumbel-max trick from its own random stream
+(:class:`SeededRows`): the samples of a prompt do not depend on the batch size, on the other
+prompts of the call, on the number of processes the prompts are shared among, or on where a
+resumed run starts. Prompts that do not fit the model's context with room for ``max_new_tokens``
+are truncated from the left or skipped, and counted.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, TopPLogitsWarper
 
 from comal.llm.logprobs import cache_argument, encode, left_padded, prefill
 
@@ -45,6 +50,34 @@ class Samples:
     counts: list[list[float]] | None = None
 
 
+def response_seed(seed: int, prompt: str, number: int) -> int:
+    """The seed of the ``number``-th response to ``prompt`` in a round seeded ``seed`` (63 bits)."""
+    digest = hashlib.blake2b(f"{seed}\x00{number}\x00{prompt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class SeededRows(LogitsProcessor):
+    """Sampling as greedy decoding of perturbed scores, one random stream per row (Gumbel-max).
+
+    Each step, row ``r``'s next-token scores become ``z/T`` with the tokens outside the top-p
+    nucleus removed, plus Gumbel noise ``−log E``, ``E ~ Exp(1)`` drawn from row ``r``'s own
+    generator; the argmax of that is a draw from ``softmax(z/T)`` restricted to the nucleus. Every
+    row takes one draw a step whatever the other rows do, so a row's tokens depend on its seed and
+    its own scores only.
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
+        self.generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+        self.temperature, self.nucleus = temperature, TopPLogitsWarper(top_p) if top_p < 1 else None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float() / self.temperature
+        if self.nucleus is not None:
+            scores = self.nucleus(input_ids, scores)
+        noise = torch.stack([torch.empty(scores.shape[-1]).exponential_(generator=g) for g in self.generators])
+        return scores - noise.log().to(scores.device)
+
+
 def sample_with_vllm(model_path, tokenizer, prompts: Sequence[str], config: SamplingConfig,
                      advance: Callable[[int], None] = lambda count: None) -> Samples:
     """The same stage on vLLM (imported only here; ``pip install vllm``). Prompts longer than the
@@ -55,8 +88,9 @@ def sample_with_vllm(model_path, tokenizer, prompts: Sequence[str], config: Samp
         raise ValueError("sampling.backend is 'vllm' but vllm is not installed; "
                          "pip install vllm, or set sampling.backend: transformers") from None
     engine = LLM(model=str(model_path), seed=config.seed)
-    params = SamplingParams(n=config.samples_per_prompt, temperature=config.temperature, top_p=config.top_p,
-                            max_tokens=config.max_new_tokens, seed=config.seed)
+    params = [SamplingParams(n=config.samples_per_prompt, temperature=config.temperature, top_p=config.top_p,
+                             max_tokens=config.max_new_tokens, seed=response_seed(config.seed, prompt, 0))
+              for prompt in prompts]  # one seed per prompt: its samples do not depend on the other prompts
     encoded = [list(encode(tokenizer, prompt, ()).ids) for prompt in prompts]
     outputs = engine.generate([{"prompt_token_ids": ids} for ids in encoded], params)
     advance(len(prompts) * config.samples_per_prompt)
@@ -96,12 +130,15 @@ def sample(model, tokenizer, prompts: Sequence[str], config: SamplingConfig,
     drawn: dict[int, list[tuple[int, ...]]] = {}
     k = config.samples_per_prompt
     by_length = sorted(range(len(kept)), key=lambda n: len(kept[n][1]))  # batches of alike lengths pad little
-    for index, start in enumerate(range(0, len(kept), config.batch_size)):
+    decoding = GenerationConfig(do_sample=False, max_new_tokens=config.max_new_tokens, pad_token_id=pad_id,
+                                eos_token_id=tokenizer.eos_token_id)  # greedy on SeededRows' perturbed scores
+    for start in range(0, len(kept), config.batch_size):
         numbers = by_length[start:start + config.batch_size]
         batch = [kept[n] for n in numbers]
         input_ids, attention = left_padded([ids for _, ids in batch], pad_id, device)
         width = input_ids.shape[1]
-        torch.manual_seed(config.seed + index)
+        rows = SeededRows([response_seed(config.seed, prompt, j) for prompt, _ in batch for j in range(k)],
+                          config.temperature, config.top_p)
         with torch.no_grad():
             # each prompt is read once and its cache shared by its k samples (generate alone reads it k times)
             cache = prefill(model, input_ids[:, :-1], attention[:, :-1]) if width > 1 else None
@@ -109,13 +146,10 @@ def sample(model, tokenizer, prompts: Sequence[str], config: SamplingConfig,
                 cache.batch_repeat_interleave(k)
             output = model.generate(input_ids=input_ids.repeat_interleave(k, 0),
                                     attention_mask=attention.repeat_interleave(k, 0), **cache_argument(cache),
-                                    do_sample=True, temperature=config.temperature, top_p=config.top_p,
-                                    max_new_tokens=config.max_new_tokens,
-                                    pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
+                                    generation_config=decoding, logits_processor=LogitsProcessorList([rows]))
         generated = output[:, width:].tolist()
         for row, number in enumerate(numbers):
-            rows = generated[row * k:(row + 1) * k]
-            drawn[number] = [_until_eos(tokens, tokenizer.eos_token_id) for tokens in rows]
+            drawn[number] = [_until_eos(tokens, tokenizer.eos_token_id) for tokens in generated[row * k:(row + 1) * k]]
         advance(len(batch) * k)
     for number, (prompt, _) in enumerate(kept):  # in the order of the prompts
         result.prompts.append(prompt)

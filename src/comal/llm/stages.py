@@ -141,13 +141,13 @@ def sample_stage(out: Path, *, prompts: Sequence[str], policy: Path, settings: S
                                      "skipped": drawn.skipped})
 
 
-def judge_stage(out: Path, *, samples: Path, judge: Judge, cache: JudgeCache, bar: Bar = no_bar) -> None:
-    """Per prompt: the distinct responses, their summed counts and their win matrix (both orders)."""
-    records, failures, empty, asked = [], 0, 0, []
-    drawn = load_rows(samples)
-    asks = sum(len(set(r["texts"])) * (len(set(r["texts"])) - 1) for r in drawn)  # ordered pairs of distinct texts
+def judge_stage(out: Path, *, records: Sequence[dict], judge: Judge, cache: JudgeCache, bar: Bar = no_bar) -> None:
+    """Per prompt of the sample ``records``: the distinct responses, their summed counts and their win
+    matrix (both orders), and ``asked``, each order's verdicts on the distinct texts."""
+    rows, failures, empty = [], 0, 0
+    asks = sum(len(set(r["texts"])) * (len(set(r["texts"])) - 1) for r in records)  # ordered pairs of distinct texts
     with bar("judge: asks", asks) as advance:
-        for record in drawn:
+        for record in records:
             empty += sum(not text.strip() for text in record["texts"])
             counts, text_of = {}, {}
             for ids, text, count in zip(record["response_ids"], record["texts"], record["counts"]):
@@ -155,14 +155,39 @@ def judge_stage(out: Path, *, samples: Path, judge: Judge, cache: JudgeCache, ba
                 text_of[tuple(ids)] = text
             judged = judge_samples(judge, record["prompt"], [text_of[ids] for ids in counts], cache, advance)
             failures += judged.failures
-            asked.append(judged.asked)
-            records.append({"prompt": record["prompt"], "response_ids": [list(ids) for ids in counts],
-                            "texts": [text_of[ids] for ids in counts], "counts": list(counts.values()),
-                            "wins": judged.wins.tolist()})
-    save_rows(out, records)
-    quality = judge_quality(asked)
+            rows.append({"prompt": record["prompt"], "response_ids": [list(ids) for ids in counts],
+                         "texts": [text_of[ids] for ids in counts], "counts": list(counts.values()),
+                         "wins": judged.wins.tolist(), "asked": judged.asked.tolist()})
+    write_judged(out, rows, failures, empty)
+
+
+def write_judged(out: Path, rows: list[dict], failures: int, empty: int) -> None:
+    save_rows(out, rows)
+    quality = judge_quality([np.array(row["asked"], dtype=np.float64) for row in rows])
     write_json(out / "counts.json", {"judge_failures": failures, "empty_responses": empty, "judge_quality": quality,
                                      "judge_warning": judge_warning(quality)})
+
+
+def merge_samples(shards: list[Path], shares: list[list[int]], out: Path, prompts: Sequence[str]) -> None:
+    """The sample stage of all prompts from its shards (a skipped prompt has no row in its shard)."""
+    placed = []
+    for shard, share in zip(shards, shares):
+        remaining = iter(share)
+        for row in load_rows(shard):
+            placed.append((next(i for i in remaining if prompts[i] == row["prompt"]), row))
+    save_rows(out, [row for _, row in sorted(placed, key=lambda pair: pair[0])])
+    write_json(out / "counts.json", _summed([json.loads((shard / "counts.json").read_text()) for shard in shards]))
+
+
+def merge_judged(shards: list[Path], shares: list[list[int]], out: Path) -> None:
+    """The judge stage of all sample records from its shards (one row per record, in order)."""
+    placed = sorted((i, row) for shard, share in zip(shards, shares) for i, row in zip(share, load_rows(shard)))
+    counts = _summed([json.loads((shard / "counts.json").read_text()) for shard in shards])
+    write_judged(out, [row for _, row in placed], counts["judge_failures"], counts["empty_responses"])
+
+
+def _summed(counts: list[dict]) -> dict:
+    return {key: sum(c[key] for c in counts) for key, value in counts[0].items() if isinstance(value, (int, float))}
 
 
 def judged_prompts(judged: Path):
@@ -194,10 +219,9 @@ def pairs_stage(out: Path, *, judged: Path, kind: str, min_margin: float = 0.0) 
                                      "prompts_without_a_row": without_row, "min_margin": min_margin})
 
 
-def encoded_rows(pairs: Path, tokenizer) -> tuple[list[dict], list[tuple[Encoded, Encoded | None]]]:
-    rows = load_rows(pairs)
-    return rows, [(encode(tokenizer, r["prompt"], r["first"]),
-                   None if r["second"] is None else encode(tokenizer, r["prompt"], r["second"])) for r in rows]
+def encode_rows(rows: Sequence[dict], tokenizer) -> list[tuple[Encoded, Encoded | None]]:
+    return [(encode(tokenizer, r["prompt"], r["first"]),
+             None if r["second"] is None else encode(tokenizer, r["prompt"], r["second"])) for r in rows]
 
 
 def distinct_logps(model, sequences: Sequence[Encoded], pad_id: int, batch_size: int,
@@ -207,11 +231,11 @@ def distinct_logps(model, sequences: Sequence[Encoded], pad_id: int, batch_size:
     return dict(zip(distinct, batched_logps(model, distinct, pad_id, batch_size, advance).tolist()))
 
 
-def logprobs_stage(out: Path, *, pairs: Path, anchors: Mapping[str, Path], load_model: Callable, tokenizer,
+def logprobs_stage(out: Path, *, rows: Sequence[dict], anchors: Mapping[str, Path], load_model: Callable, tokenizer,
                    batch_size: int, bar: Bar = no_bar) -> None:
     """Columns ``<policy>_first`` / ``<policy>_second``: log-probs of every row's responses under each anchor
     (anchors that are one checkpoint, as π_t and μ are at the start, are computed once)."""
-    _, encoded = encoded_rows(pairs, tokenizer)
+    encoded = encode_rows(rows, tokenizer)
     sequences = [sequence for pair in encoded for sequence in pair if sequence is not None]
     checkpoints = {name: Path(checkpoint).resolve() for name, checkpoint in anchors.items()}
     distinct = sorted(set(checkpoints.values()))
@@ -228,10 +252,31 @@ def logprobs_stage(out: Path, *, pairs: Path, anchors: Mapping[str, Path], load_
     write_json(out / "anchors.json", columns)
 
 
-def train_stage(out: Path, *, pairs: Path, logprobs: Path, step: ProxStep, start: Path, load_model: Callable,
+def prompt_groups(rows: Sequence[dict]) -> list[list[int]]:
+    """Row indices grouped by prompt (the unit the log-probs stage is shared out by: a prompt's
+    responses are forwarded by one process)."""
+    groups: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        groups.setdefault(row["prompt"], []).append(index)
+    return list(groups.values())
+
+
+def merge_logprobs(shards: list[Path], shares: list[list[int]], out: Path, groups: list[list[int]]) -> None:
+    """The anchor columns of all rows from the shards, each holding the rows of its share of ``groups``."""
+    merged: dict[str, dict[int, float]] = {}
+    for shard, share in zip(shards, shares):
+        rows = [i for g in share for i in groups[g]]
+        for name, values in json.loads((shard / "anchors.json").read_text()).items():
+            merged.setdefault(name, {}).update(zip(rows, values))
+    write_json(out / "anchors.json", {name: [values[i] for i in sorted(values)] for name, values in merged.items()})
+
+
+def train_stage(out: Path | None, *, pairs: Path, logprobs: Path, step: ProxStep, start: Path, load_model: Callable,
                 tokenizer, settings: TrainConfig, lora: dict | None = None, bar: Bar = no_bar) -> None:
-    """Fit π_θ, initialised from ``start``, to ``step``; save it in the Hugging Face format."""
-    rows, encoded = encoded_rows(pairs, tokenizer)
+    """Fit π_θ, initialised from ``start``, to ``step``; save it in the Hugging Face format into
+    ``out`` (None: a data-parallel process that trains and leaves saving to the main one)."""
+    rows = load_rows(pairs)
+    encoded = encode_rows(rows, tokenizer)
     anchors = json.loads((logprobs / "anchors.json").read_text())
     names = [name for name, weight in step.anchor.items() if weight]
     train_rows = [TrainRow(first, {n: anchors[f"{n}_first"][i] for n in names}, rows[i]["target"],
@@ -246,7 +291,10 @@ def train_stage(out: Path, *, pairs: Path, logprobs: Path, step: ProxStep, start
         with warnings.catch_warnings():  # peft reads an attribute transformers 5 renamed; not the user's concern
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
-    train(model, train_rows, step, settings, pad_id=tokenizer.pad_token_id, log_path=out / "metrics.jsonl", bar=bar)
+    train(model, train_rows, step, settings, pad_id=tokenizer.pad_token_id,
+          log_path=None if out is None else out / "metrics.jsonl", bar=bar)
+    if out is None:
+        return
     if lora is not None:  # a full checkpoint, loadable by from_pretrained
         model = model.merge_and_unload()
     model.save_pretrained(out / "model", safe_serialization=True)

@@ -8,19 +8,18 @@ accelerate's trackers.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch.utils.data import DataLoader
 
 from comal.llm.logprobs import Encoded, collate, sequence_logps
 from comal.llm.losses import step_loss
-from comal.llm.progress import Advance, Bar, no_bar
+from comal.llm.progress import Bar, no_bar
 from comal.rules import ProxStep
 
 
@@ -112,14 +111,34 @@ def row_losses(model, step: ProxStep, batch: dict) -> tuple[torch.Tensor, torch.
                      batch["target"])
 
 
+def step_batches(rows: Sequence[TrainRow], config: TrainConfig, epoch: int) -> list[list[list[int]]]:
+    """Per optimiser step of ``epoch``, its micro-batches of row indices, ``batch_size`` rows each
+    (``gradient_accumulation`` of them a step), in :class:`PromptGroupedOrder`. The same on every
+    process, so a step's rows do not depend on how many processes share them."""
+    order = list(PromptGroupedOrder(rows, torch.Generator().manual_seed(config.seed + epoch)))
+    micro = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+    return [micro[i:i + config.gradient_accumulation] for i in range(0, len(micro), config.gradient_accumulation)]
+
+
+def process_share(micro_batch: list[int], rank: int, count: int) -> tuple[list[int], float]:
+    """Process ``rank``'s contiguous part of a micro-batch (a prompt's rows stay together) and the
+    factor its loss counts with: a process left without rows forwards the first row at weight 0,
+    so every process takes part in the gradient's all-reduce."""
+    size = len(micro_batch)
+    part = micro_batch[rank * size // count:(rank + 1) * size // count]
+    return (part, 1.0) if part else (micro_batch[:1], 0.0)
+
+
 def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, *, pad_id: int,
           log_path: str | Path | None = None, accelerator=None, bar: Bar = no_bar) -> list[dict]:
-    """Minimise the step's sampled loss over ``rows``; returns the per-optimiser-step metrics."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from transformers import get_linear_schedule_with_warmup
+    """Minimise the step's sampled loss over ``rows``; returns the per-optimiser-step metrics.
 
-    from accelerate.utils import is_tensorboard_available, is_wandb_available
+    Each optimiser step minimises the weighted mean loss of its rows, ``Σ wᵢ ℓᵢ / Σ wᵢ``, however
+    they are shared among processes (data-parallel through accelerate: each process forwards its
+    part of every micro-batch and the all-reduced gradient is the one-process gradient)."""
+    from accelerate import Accelerator
+    from accelerate.utils import is_tensorboard_available, is_wandb_available, set_seed
+    from transformers import get_linear_schedule_with_warmup
 
     if not rows:
         raise ValueError("no training rows: every prompt was skipped or judged a tie; check the earlier stages")
@@ -130,7 +149,6 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
                          "remove it from report_to")
     if accelerator is None:
         accelerator = Accelerator(mixed_precision=_precision(config.mixed_precision),
-                                  gradient_accumulation_steps=config.gradient_accumulation,
                                   log_with=list(config.report_to) or None,
                                   project_dir=Path(log_path).parent if log_path is not None else None)
         if config.report_to:
@@ -141,17 +159,22 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    loader = DataLoader(list(rows), batch_size=config.batch_size,
-                        sampler=PromptGroupedOrder(rows, torch.Generator().manual_seed(config.seed)),
-                        collate_fn=lambda chunk: _collate_rows(chunk, pad_id))
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    total = config.epochs * math.ceil(len(loader) / config.gradient_accumulation)
+    total = config.epochs * len(step_batches(rows, config, 0))
     scheduler = get_linear_schedule_with_warmup(optimiser, int(config.warmup_ratio * total), total)
-    model, optimiser, loader, scheduler = accelerator.prepare(model, optimiser, loader, scheduler)
-    model.train()
-    metrics, log = [], open(log_path, "a") if log_path is not None else None
+    prepared, optimiser = accelerator.prepare(model, optimiser)
+    prepared.train()
+    metrics, log = [], open(log_path, "a") if log_path is not None and accelerator.is_main_process else None
     with bar(f"train: optimiser steps ({len(rows)} rows)", total) as advance:
-        _epochs(model, loader, optimiser, scheduler, accelerator, step, config, metrics, log, advance)
+        for epoch in range(config.epochs):
+            for micro_batches in step_batches(rows, config, epoch):
+                record = _optimiser_step(prepared, rows, micro_batches, optimiser, scheduler, accelerator, step,
+                                         config, pad_id)
+                metrics.append({"epoch": epoch, "step": len(metrics), **record})
+                accelerator.log(metrics[-1], step=len(metrics))
+                if log is not None:
+                    log.write(json.dumps(metrics[-1]) + "\n")
+                advance(1)
     if log is not None:
         log.close()
     if config.report_to:
@@ -162,28 +185,32 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
     return metrics
 
 
-def _epochs(model, loader, optimiser, scheduler, accelerator, step: ProxStep, config: TrainConfig,
-            metrics: list[dict], log, advance: Advance) -> None:
-    """The optimisation loop: every epoch over the loader, one record per optimiser step."""
-    for epoch in range(config.epochs):
-        for batch in loader:
-            with accelerator.accumulate(model):
-                losses, margins = row_losses(model, step, batch)  # the prepared loader places batches
-                loss = (batch["weight"] * losses).sum() / batch["weight"].sum()
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                learning_rate = scheduler.get_last_lr()[0]  # the rate this step used
-                optimiser.step()
-                scheduler.step()
-                optimiser.zero_grad()
-            if accelerator.sync_gradients:
-                record = {"epoch": epoch, "step": len(metrics), "loss": accelerator.gather(loss.detach()).mean().item(),
-                          "margin": margins.mean().item(), "learning_rate": learning_rate}
-                if "anchors_second" in batch:
-                    record["pair_accuracy"] = (margins > 0).float().mean().item()
-                metrics.append(record)
-                accelerator.log(record, step=len(metrics))
-                if log is not None and accelerator.is_main_process:
-                    log.write(json.dumps(record) + "\n")
-                advance(1)
+def _optimiser_step(model, rows: Sequence[TrainRow], micro_batches: list[list[int]], optimiser, scheduler, accelerator,
+                    step: ProxStep, config: TrainConfig, pad_id: int) -> dict:
+    """One optimiser step on its micro-batches (this process's share of each); the step's metrics."""
+    from accelerate.utils import send_to_device
+
+    total_weight = sum(rows[i].weight for batch in micro_batches for i in batch)
+    learning_rate = scheduler.get_last_lr()[0]  # the rate this step uses
+    totals = [0.0, 0.0, 0.0, 0.0]  # Σ wℓ / Σ w, Σ margin, rows, rows with a positive margin
+    for number, micro_batch in enumerate(micro_batches):
+        part, counts = process_share(micro_batch, accelerator.process_index, accelerator.num_processes)
+        batch = send_to_device(_collate_rows([rows[i] for i in part], pad_id), accelerator.device)
+        last = number == len(micro_batches) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):  # all-reduce once a step
+            losses, margins = row_losses(model, step, batch)
+            weighted = counts * (batch["weight"] * losses).sum() / total_weight
+            accelerator.backward(weighted * accelerator.num_processes)  # the all-reduce averages over processes
+        if counts:
+            totals = [totals[0] + weighted.item(), totals[1] + margins.sum().item(), totals[2] + len(part),
+                      totals[3] + (margins > 0).sum().item()]
+    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+    optimiser.step()
+    scheduler.step()
+    optimiser.zero_grad()
+    summed = accelerator.reduce(torch.tensor(totals, dtype=torch.float64, device=accelerator.device), reduction="sum")
+    loss, margin, count, right = summed.tolist()
+    record = {"loss": loss, "margin": margin / count, "learning_rate": learning_rate}
+    if rows[0].second is not None:
+        record["pair_accuracy"] = right / count
+    return record
