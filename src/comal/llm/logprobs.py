@@ -94,21 +94,60 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
     return cache
 
 
+LOGIT_CHUNK = 16  # response positions whose full-vocabulary logits exist at once
+
+
+def _token_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                 logit_bias: torch.Tensor | None) -> torch.Tensor:
+    """``log softmax(h Wᵀ + b)[y]`` for a chunk of positions ``[B, C, H] → [B, C]``."""
+    logits = torch.nn.functional.linear(hidden, weight, bias).float()
+    if logit_bias is not None:
+        logits = logits + logit_bias
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
 def sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """``log π(y|x)`` per row: the sum of next-token log-probs over the response tokens.
 
-    Logits are computed for the response columns only (``logits_to_keep``), and each token's
-    log-prob is its logit minus the log-sum-exp of its position, one row at a time, so no
-    full-vocabulary log-softmax over the prompt is ever materialised.
+    The decoder runs once; the output layer then runs over the response columns only, ``LOGIT_CHUNK``
+    positions at a time, each token's log-prob its logit minus its position's log-sum-exp. With
+    gradients, each chunk is recomputed in the backward pass (activation checkpointing), so the
+    full-vocabulary logits of at most one chunk are ever held: no ``[rows, length, vocabulary]``
+    tensor exists in the forward or the backward pass. A model with a ``logit_bias(vocabulary,
+    length)`` method (the testbed's constrained policy) has it added to its logits, as its forward does.
     """
+    from torch.utils.checkpoint import checkpoint
+
     mask = batch["response_mask"]
     keep = min(int(mask.sum(-1).max()) + 1, mask.shape[1])  # the response columns and the one before them
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=batch["position_ids"], logits_to_keep=keep).logits[:, :-1]
-    targets = batch["input_ids"][:, -(keep - 1):] if keep > 1 else batch["input_ids"][:, :0]
-    chosen = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
-    normaliser = torch.stack([torch.logsumexp(row.float(), dim=-1) for row in logits])
-    return ((chosen - normaliser) * mask[:, mask.shape[1] - targets.shape[1]:]).sum(dim=-1)
+    if keep < 2:
+        return torch.zeros(mask.shape[0], device=mask.device)
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 position_ids=batch["position_ids"]).last_hidden_state[:, -keep:-1]
+    targets = batch["input_ids"][:, -(keep - 1):]
+    head = model.get_output_embeddings()
+    width = mask.shape[1]
+    add = model.logit_bias(head.weight.shape[0], width)[width - keep:width - 1].to(hidden.device) \
+        if hasattr(model, "logit_bias") else None
+    chunks = []
+    for start in range(0, keep - 1, LOGIT_CHUNK):
+        part = (hidden[:, start:start + LOGIT_CHUNK], head.weight, head.bias, targets[:, start:start + LOGIT_CHUNK],
+                None if add is None else add[start:start + LOGIT_CHUNK])
+        chunks.append(checkpoint(_token_logps, *part, use_reentrant=False) if torch.is_grad_enabled()
+                      else _token_logps(*part))
+    return (torch.cat(chunks, dim=1) * mask[:, width - (keep - 1):]).sum(dim=-1)
+
+
+class SequenceLogps(torch.nn.Module):
+    """:func:`sequence_logps` of a causal LM as a module, so that a data-parallel wrapper
+    (accelerate's DDP) sees the whole computation as its forward pass."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sequence_logps(self.model, batch)
 
 
 def batched_logps(model, sequences: Sequence[Encoded], pad_id: int, batch_size: int = 8,

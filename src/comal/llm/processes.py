@@ -8,9 +8,10 @@ every other stage is written by the main process alone while the others wait at 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 Item = TypeVar("Item")
 
@@ -38,9 +39,8 @@ ONE_PROCESS = Processes()
 
 def current_processes() -> Processes:
     """This process among those ``accelerate launch`` (or ``torchrun``) started; one process otherwise."""
-    from accelerate import PartialState
-
     import torch
+    from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
     if state.num_processes == 1:

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from comal.llm.processes import ONE_PROCESS, Processes
 

@@ -17,7 +17,7 @@ from typing import Literal, Mapping, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from comal.llm.logprobs import Encoded, collate, sequence_logps
+from comal.llm.logprobs import Encoded, SequenceLogps, collate
 from comal.llm.losses import step_loss
 from comal.llm.progress import Bar, no_bar
 from comal.rules import ProxStep
@@ -103,9 +103,10 @@ class PromptGroupedOrder(torch.utils.data.Sampler):
             yield from (group[i] for i in torch.randperm(len(group), generator=self.generator).tolist())
 
 
-def row_losses(model, step: ProxStep, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row losses of ``step`` on a collated batch and the fitted margins (or log-ratios)."""
-    policy = sequence_logps(model, batch["sequences"])
+def row_losses(logps: SequenceLogps, step: ProxStep, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row losses of ``step`` on a collated batch and the fitted margins (or log-ratios);
+    ``logps`` is π_θ's :class:`SequenceLogps` (or its data-parallel wrapper)."""
+    policy = logps(batch["sequences"])
     second = policy[batch["second"]] if "second" in batch else None
     return step_loss(step, policy[batch["first"]], second, batch["anchors_first"], batch.get("anchors_second"),
                      batch["target"])
@@ -153,6 +154,7 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
                                   project_dir=Path(log_path).parent if log_path is not None else None)
         if config.report_to:
             accelerator.init_trackers("comal", config=config.model_dump(exclude={"report_to"}))
+    _check_sharding(accelerator, config)
     set_seed(config.seed)
     if config.gradient_checkpointing:  # transformers 5 renamed it activation checkpointing
         if hasattr(model, "activation_checkpointing_enable"):
@@ -162,7 +164,7 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     total = config.epochs * len(step_batches(rows, config, 0))
     scheduler = get_linear_schedule_with_warmup(optimiser, int(config.warmup_ratio * total), total)
-    prepared, optimiser = accelerator.prepare(model, optimiser)
+    prepared, optimiser = accelerator.prepare(SequenceLogps(model), optimiser)
     prepared.train()
     metrics, log = [], open(log_path, "a") if log_path is not None and accelerator.is_main_process else None
     with bar(f"train: optimiser steps ({len(rows)} rows)", total) as advance:
@@ -185,8 +187,26 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
     return metrics
 
 
-def _optimiser_step(model, rows: Sequence[TrainRow], micro_batches: list[list[int]], optimiser, scheduler, accelerator,
-                    step: ProxStep, config: TrainConfig, pad_id: int) -> dict:
+def _check_sharding(accelerator, config: TrainConfig) -> None:
+    """Refuse the launch setups this loop does not support yet, before any step: weights sharded
+    across processes (FSDP, DeepSpeed ZeRO-3; the main process saves its own copy of the weights),
+    and accumulation under DeepSpeed (which counts micro-batches itself)."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if kind == DistributedType.FSDP or (kind == DistributedType.DEEPSPEED and plugin.zero_stage == 3):
+        raise ValueError("training with the weights sharded (FSDP, DeepSpeed ZeRO-3) is not supported yet: the "
+                         "checkpoint is saved from the main process's copy; launch with configs/accelerate/ddp.yaml "
+                         "or zero2.yaml")
+    if kind == DistributedType.DEEPSPEED:
+        if config.gradient_accumulation != 1:
+            raise ValueError("under DeepSpeed set training.gradient_accumulation: 1 (raise training.batch_size instead)")
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = max(1, config.batch_size // accelerator.num_processes)
+
+
+def _optimiser_step(logps: SequenceLogps, rows: Sequence[TrainRow], micro_batches: list[list[int]], optimiser,
+                    scheduler, accelerator, step: ProxStep, config: TrainConfig, pad_id: int) -> dict:
     """One optimiser step on its micro-batches (this process's share of each); the step's metrics."""
     from accelerate.utils import send_to_device
 
@@ -197,14 +217,14 @@ def _optimiser_step(model, rows: Sequence[TrainRow], micro_batches: list[list[in
         part, counts = process_share(micro_batch, accelerator.process_index, accelerator.num_processes)
         batch = send_to_device(_collate_rows([rows[i] for i in part], pad_id), accelerator.device)
         last = number == len(micro_batches) - 1
-        with contextlib.nullcontext() if last else accelerator.no_sync(model):  # all-reduce once a step
-            losses, margins = row_losses(model, step, batch)
+        with contextlib.nullcontext() if last else accelerator.no_sync(logps):  # all-reduce once a step
+            losses, margins = row_losses(logps, step, batch)
             weighted = counts * (batch["weight"] * losses).sum() / total_weight
             accelerator.backward(weighted * accelerator.num_processes)  # the all-reduce averages over processes
         if counts:
             totals = [totals[0] + weighted.item(), totals[1] + margins.sum().item(), totals[2] + len(part),
                       totals[3] + (margins > 0).sum().item()]
-    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+    accelerator.clip_grad_norm_(logps.parameters(), config.max_grad_norm)
     optimiser.step()
     scheduler.step()
     optimiser.zero_grad()

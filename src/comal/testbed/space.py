@@ -78,9 +78,13 @@ class ConstrainedLlama(LlamaForCausalLM):
         output = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         total = offset + (input_ids.shape[1] if input_ids is not None else kwargs["inputs_embeds"].shape[1])
         kept = output.logits.shape[1]  # the last positions only, under ``logits_to_keep``
-        mask = self.space.allowed_mask(output.logits.shape[-1], total)[total - kept:total].to(output.logits)
-        output.logits = output.logits + mask
+        output.logits = output.logits + self.logit_bias(output.logits.shape[-1], total)[total - kept:].to(output.logits)
         return output
+
+    def logit_bias(self, vocabulary: int, length: int) -> torch.Tensor:
+        """``[length, vocabulary]``: 0 where a token may follow at that position, −inf elsewhere
+        (added to the logits; :func:`~comal.llm.logprobs.sequence_logps` reads it too)."""
+        return self.space.allowed_mask(vocabulary, length)
 
 
 def exact_distribution(model: ConstrainedLlama, prompt_ids, batch_size: int = 512) -> np.ndarray:
