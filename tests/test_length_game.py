@@ -47,7 +47,7 @@ def test_class_gap_is_zero_at_the_nash_and_its_error_shrinks_with_prompts():
 # ---------------------------------------------------------------- the driver, shrunk to a tiny model
 import json  # noqa: E402
 
-from comal.llm.tiny import tiny_causal_lm  # noqa: E402
+from conftest import save_tiny_policy, write_prompts  # noqa: E402
 from comal.testbed.length_demo import LengthGameSettings, run_length_game  # noqa: E402
 
 WORDS = ["say hello", "which is better", "please write a b", "say yes or no", "the answer is"]
@@ -56,10 +56,8 @@ WORDS = ["say hello", "which is better", "please write a b", "say yes or no", "t
 @pytest.fixture(scope="module")
 def tiny_length_game(tmp_path_factory):
     root = tmp_path_factory.mktemp("length")
-    tokenizer = tiny_tokenizer()
-    tiny_causal_lm(tokenizer).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in WORDS))
+    save_tiny_policy(root / "model")
+    write_prompts(root / "prompts.jsonl", WORDS)
     settings = LengthGameSettings(
         model=str(root / "model"), prompts=str(root / "prompts.jsonl"), prompt_count=4, instruction=" please",
         samples_per_prompt=4, max_new_tokens=40, rounds=2, calibration_samples=16, evaluation_samples=8,

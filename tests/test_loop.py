@@ -11,6 +11,7 @@ from comal.llm.config import ConfigError, load_config
 from comal.llm.judge import CallableJudge
 from comal.llm.loop import RunError, load_prompts, open_run
 from comal.llm.tiny import tiny_causal_lm, tiny_tokenizer
+from conftest import save_tiny_policy, write_prompts
 from comal.rules import RULES
 
 PROMPTS = ["say hello", "please write a b", "which is better", "say the answer"]
@@ -23,12 +24,8 @@ def length_judge():
 
 @pytest.fixture
 def setup(tmp_path):
-    tokenizer = tiny_tokenizer()
-    model_dir = tmp_path / "policy"
-    tiny_causal_lm(tokenizer).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    model_dir = save_tiny_policy(tmp_path / "policy")
+    prompts = write_prompts(tmp_path / "prompts.jsonl", PROMPTS)
 
     def config(**extra):
         """COMAL with its default inner rule (mirror-prox: two rounds of samples an iteration) unless

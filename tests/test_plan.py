@@ -10,16 +10,14 @@ from comal.llm.judge import CallableJudge
 from comal.llm.loop import open_run
 from comal.llm.plan import iteration_counts
 from comal.llm.run_folder import load_rows
-from comal.llm.tiny import tiny_causal_lm, tiny_tokenizer
+from conftest import save_tiny_policy, write_prompts
 
 PROMPTS = ["say hello", "please write a b", "which is better", "say the answer", "a b c"]
 
 
 def write_config(tmp_path, **extra):
-    tokenizer = tiny_tokenizer()
-    tiny_causal_lm(tokenizer).save_pretrained(tmp_path / "policy")
-    tokenizer.save_pretrained(tmp_path / "policy")
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    save_tiny_policy(tmp_path / "policy")
+    write_prompts(tmp_path / "prompts.jsonl", PROMPTS)
     settings = {"model": {"path": "policy"}, "judge": {"kind": "llm", "path": "policy"}, "prompts": "prompts.jsonl",
                 "prompts_per_iteration": 4, "iterations": 2, "algorithm": "comal", "eta": 2.0, "tau_eta_ratio": 0.25,
                 "reference_period": 1, "rows": "soft",

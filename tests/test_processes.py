@@ -13,8 +13,9 @@ from transformers import LlamaForSequenceClassification
 
 from comal.llm.processes import Processes
 from comal.llm.run_folder import load_rows, write_sharded
-from comal.llm.tiny import tiny_causal_lm, tiny_config, tiny_tokenizer
+from comal.llm.tiny import tiny_config, tiny_tokenizer
 from comal.llm.train import process_share
+from conftest import save_tiny_policy, write_prompts
 
 PROMPTS = ["say hello", "please write a b", "which is better", "say the answer", "a b c", "good or bad"]
 
@@ -23,14 +24,13 @@ PROMPTS = ["say hello", "please write a b", "which is better", "say the answer",
 def runs(tmp_path_factory):
     """The same run (COMAL, mirror-prox inner steps: two rounds and two fits an iteration) on 1 and 2 processes."""
     tmp = tmp_path_factory.mktemp("processes")
+    save_tiny_policy(tmp / "policy")
     tokenizer = tiny_tokenizer()
-    tiny_causal_lm(tokenizer).save_pretrained(tmp / "policy")
-    tokenizer.save_pretrained(tmp / "policy")
     torch.manual_seed(1)  # a reward model with scores far enough apart that the rows carry signal, not float noise
     LlamaForSequenceClassification(tiny_config(tokenizer, num_labels=1, initializer_range=0.5)).save_pretrained(
         tmp / "judge")
     tokenizer.save_pretrained(tmp / "judge")
-    (tmp / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    write_prompts(tmp / "prompts.jsonl", PROMPTS)
     (tmp / "run.yaml").write_text(json.dumps({
         "model": {"path": "policy"}, "judge": {"kind": "reward-model", "path": "judge"}, "prompts": "prompts.jsonl",
         "evaluate": {"prompts": "prompts.jsonl", "max_prompts": 3}, "algorithm": "comal", "iterations": 2,
