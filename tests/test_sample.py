@@ -7,7 +7,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from comal.llm.logprobs import encode, left_padded
-from comal.llm.sample import SamplingConfig, SeededRows, response_seed, sample
+from comal.llm.sample import SamplingConfig, SeededPrompts, prompt_seed, sample
 from comal.llm.tiny import tiny_causal_lm, tiny_tokenizer
 
 PROMPTS = ["say hello", "please write a b c", "which is better"]
@@ -27,7 +27,7 @@ def test_k_samples_per_prompt_reproducible_by_seed():
 
 
 def test_a_prompts_samples_do_not_depend_on_the_batch_or_the_other_prompts():
-    """Per-response seeds: what the processes of a sharded run draw is what one process draws."""
+    """Per-prompt seeds: what the processes of a sharded run draw is what one process draws."""
     tokenizer = tiny_tokenizer()
     model = tiny_causal_lm(tokenizer)
     config = SamplingConfig(samples_per_prompt=3, max_new_tokens=8, batch_size=2, seed=4)
@@ -39,15 +39,14 @@ def test_a_prompts_samples_do_not_depend_on_the_batch_or_the_other_prompts():
 
 def test_shared_prompt_cache_draws_what_generate_draws():
     """Each prompt is read once for its k samples; the tokens are those of one generate call on the
-    whole rows with the same per-response streams."""
+    whole rows with the same per-prompt streams."""
     tokenizer = tiny_tokenizer()
     model = tiny_causal_lm(tokenizer)
     config = SamplingConfig(samples_per_prompt=3, max_new_tokens=8, batch_size=3, seed=4)
     drawn = sample(model, tokenizer, PROMPTS, config)
     order = sorted(PROMPTS, key=lambda prompt: len(encode(tokenizer, prompt, ()).ids))  # sample() batches by length
     input_ids, attention = left_padded([encode(tokenizer, prompt, ()).ids for prompt in order], tokenizer.pad_token_id)
-    rows = SeededRows([response_seed(4, prompt, j) for prompt in order for j in range(3)], config.temperature,
-                      config.top_p)
+    rows = SeededPrompts([prompt_seed(4, prompt) for prompt in order], 3, config.temperature, config.top_p)
     output = model.generate(input_ids=input_ids.repeat_interleave(3, 0), attention_mask=attention.repeat_interleave(3, 0),
                             do_sample=False, max_new_tokens=8, logits_processor=LogitsProcessorList([rows]),
                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)

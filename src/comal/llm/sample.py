@@ -1,10 +1,10 @@
 """Sampling stage: k responses per prompt from the current policy with transformers ``generate``.
 
-Every response has its own seed, fixed by the run's seed, the prompt's text and the sample's
-number (:func:`response_seed`), and is drawn by the Gumbel-max trick from its own random stream
-(:class:`SeededRows`): the samples of a prompt do not depend on the batch size, on the other
-prompts of the call, on the number of processes the prompts are shared among, or on where a
-resumed run starts. Prompts that do not fit the model's context with room for ``max_new_tokens``
+Every prompt has its own seed, fixed by the run's seed and the prompt's text
+(:func:`prompt_seed`), and its k responses are drawn together by the Gumbel-max trick from that
+prompt's own random stream (:class:`SeededPrompts`): the samples of a prompt do not depend on the
+batch size, on the other prompts of the call, on the number of processes the prompts are shared
+among, or on where a resumed run starts. Prompts that do not fit the model's context with room for ``max_new_tokens``
 are truncated from the left or skipped, and counted.
 """
 
@@ -50,31 +50,32 @@ class Samples:
     counts: list[list[float]] | None = None
 
 
-def response_seed(seed: int, prompt: str, number: int) -> int:
-    """The seed of the ``number``-th response to ``prompt`` in a round seeded ``seed`` (63 bits)."""
-    digest = hashlib.blake2b(f"{seed}\x00{number}\x00{prompt}".encode(), digest_size=8).digest()
+def prompt_seed(seed: int, prompt: str) -> int:
+    """The seed of the responses to ``prompt`` in a round seeded ``seed`` (63 bits)."""
+    digest = hashlib.blake2b(f"{seed}\x00{prompt}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-class SeededRows(LogitsProcessor):
-    """Sampling as greedy decoding of perturbed scores, one random stream per row (Gumbel-max).
+class SeededPrompts(LogitsProcessor):
+    """Sampling as greedy decoding of perturbed scores, one random stream per prompt (Gumbel-max).
 
-    Each step, row ``r``'s next-token scores become ``z/T`` with the tokens outside the top-p
-    nucleus removed, plus Gumbel noise ``−log E``, ``E ~ Exp(1)`` drawn from row ``r``'s own
-    generator; the argmax of that is a draw from ``softmax(z/T)`` restricted to the nucleus. Every
-    row takes one draw a step whatever the other rows do, so a row's tokens depend on its seed and
-    its own scores only.
+    The rows are ``k`` samples of each prompt in turn. Each step, every row's next-token scores
+    become ``z/T`` with the tokens outside the top-p nucleus removed, plus Gumbel noise ``−log E``,
+    ``E ~ Exp(1)``, a ``[k, vocabulary]`` block of it drawn from the prompt's own generator; the
+    argmax is a draw from ``softmax(z/T)`` restricted to the nucleus. A prompt's block is drawn
+    every step whatever the other rows do, so its samples depend on its seed and its own scores.
     """
 
-    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
+    def __init__(self, seeds: Sequence[int], samples_per_prompt: int, temperature: float, top_p: float):
         self.generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
-        self.temperature, self.nucleus = temperature, TopPLogitsWarper(top_p) if top_p < 1 else None
+        self.k, self.temperature = samples_per_prompt, temperature
+        self.nucleus = TopPLogitsWarper(top_p) if top_p < 1 else None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         scores = scores.float() / self.temperature
         if self.nucleus is not None:
             scores = self.nucleus(input_ids, scores)
-        noise = torch.stack([torch.empty(scores.shape[-1]).exponential_(generator=g) for g in self.generators])
+        noise = torch.cat([torch.empty(self.k, scores.shape[-1]).exponential_(generator=g) for g in self.generators])
         return scores - noise.log().to(scores.device)
 
 
@@ -89,7 +90,7 @@ def sample_with_vllm(model_path, tokenizer, prompts: Sequence[str], config: Samp
                          "pip install vllm, or set sampling.backend: transformers") from None
     engine = LLM(model=str(model_path), seed=config.seed)
     params = [SamplingParams(n=config.samples_per_prompt, temperature=config.temperature, top_p=config.top_p,
-                             max_tokens=config.max_new_tokens, seed=response_seed(config.seed, prompt, 0))
+                             max_tokens=config.max_new_tokens, seed=prompt_seed(config.seed, prompt))
               for prompt in prompts]  # one seed per prompt: its samples do not depend on the other prompts
     encoded = [list(encode(tokenizer, prompt, ()).ids) for prompt in prompts]
     outputs = engine.generate([{"prompt_token_ids": ids} for ids in encoded], params)
@@ -131,14 +132,14 @@ def sample(model, tokenizer, prompts: Sequence[str], config: SamplingConfig,
     k = config.samples_per_prompt
     by_length = sorted(range(len(kept)), key=lambda n: len(kept[n][1]))  # batches of alike lengths pad little
     decoding = GenerationConfig(do_sample=False, max_new_tokens=config.max_new_tokens, pad_token_id=pad_id,
-                                eos_token_id=tokenizer.eos_token_id)  # greedy on SeededRows' perturbed scores
+                                eos_token_id=tokenizer.eos_token_id)  # greedy on SeededPrompts' perturbed scores
     for start in range(0, len(kept), config.batch_size):
         numbers = by_length[start:start + config.batch_size]
         batch = [kept[n] for n in numbers]
         input_ids, attention = left_padded([ids for _, ids in batch], pad_id, device)
         width = input_ids.shape[1]
-        rows = SeededRows([response_seed(config.seed, prompt, j) for prompt, _ in batch for j in range(k)],
-                          config.temperature, config.top_p)
+        rows = SeededPrompts([prompt_seed(config.seed, prompt) for prompt, _ in batch], k, config.temperature,
+                             config.top_p)
         with torch.no_grad():
             # each prompt is read once and its cache shared by its k samples (generate alone reads it k times)
             cache = prefill(model, input_ids[:, :-1], attention[:, :-1]) if width > 1 else None
