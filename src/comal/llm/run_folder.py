@@ -100,6 +100,8 @@ def save_rows(folder: Path, records: list[dict]) -> None:
 def load_rows(folder: Path) -> list[dict]:
     from datasets import load_from_disk
 
+    if not json.loads((folder / "data" / "state.json").read_text())["_data_files"]:
+        return []  # saved from no rows: datasets writes no shard, and cannot load one
     return load_from_disk(str(folder / "data")).to_list()
 
 

@@ -200,23 +200,30 @@ def judged_prompts(judged: Path):
 
 def pairs_stage(out: Path, *, judged: Path, kind: str, min_margin: float = 0.0) -> None:
     """Training rows of ``kind`` (soft, hard or pointwise) from every judged prompt; hard rows drop
-    (and count) a prompt whose chosen and rejected are within ``min_margin`` of a tie."""
+    (and count) a prompt whose chosen and rejected are within ``min_margin`` of a tie.
+
+    When every prompt drew a single distinct response there is nothing to compare: no rows, and the
+    fit keeps its start (the empirical loss is 0 for every θ), with a warning. Pairs that were judged
+    but all tied are an error: the judge gave no signal."""
     make_rows = {"soft": soft_rows, "hard": partial(hard_rows, min_margin=min_margin), "pointwise": pointwise_rows}[kind]
-    rows, prompts, without_row = [], 0, 0
+    rows, prompts, without_row, single = [], 0, 0, 0
     for record, wins in judged_prompts(judged):
         responses = record["response_ids"]
         made = make_rows(wins, record["counts"])
-        prompts, without_row = prompts + 1, without_row + (not made)
+        prompts, without_row, single = prompts + 1, without_row + (not made), single + (len(responses) < 2)
         rows += [{"prompt": record["prompt"], "first": responses[row.first],
                   "second": None if row.second is None else responses[row.second], "target": row.target,
                   "weight": row.weight} for row in made]
-    if not rows:
+    if not rows and single < prompts:
         margin = f" or within hard_min_margin {min_margin} of a tie" if kind == "hard" and min_margin else ""
-        raise RunError(f"no training rows: all {prompts} judged prompts were ties{margin}; check the judge's quality "
-                       "(comal status) and the samples")
+        raise RunError(f"no training rows: all {prompts - single} judged prompts with two or more distinct responses "
+                       f"were ties{margin}; check the judge's quality (comal status) and the samples")
+    warning = None if rows else (f"no training rows: every one of the {prompts} prompts drew a single distinct "
+                                 "response; the fit keeps its start (draw more samples to see a difference)")
     save_rows(out, rows)
     write_json(out / "counts.json", {"kind": kind, "prompts": prompts, "rows": len(rows),
-                                     "prompts_without_a_row": without_row, "min_margin": min_margin})
+                                     "prompts_without_a_row": without_row, "prompts_with_one_response": single,
+                                     "min_margin": min_margin, "warning": warning})
 
 
 def encode_rows(rows: Sequence[dict], tokenizer) -> list[tuple[Encoded, Encoded | None]]:
@@ -274,7 +281,8 @@ def merge_logprobs(shards: list[Path], shares: list[list[int]], out: Path, group
 def train_stage(out: Path | None, *, pairs: Path, logprobs: Path, step: ProxStep, start: Path, load_model: Callable,
                 tokenizer, settings: TrainConfig, lora: dict | None = None, bar: Bar = no_bar) -> None:
     """Fit π_θ, initialised from ``start``, to ``step``; save it in the Hugging Face format into
-    ``out`` (None: a data-parallel process that trains and leaves saving to the main one)."""
+    ``out`` (None: a data-parallel process that trains and leaves saving to the main one). No rows:
+    the start is saved unchanged."""
     rows = load_rows(pairs)
     encoded = encode_rows(rows, tokenizer)
     anchors = json.loads((logprobs / "anchors.json").read_text())
@@ -291,8 +299,9 @@ def train_stage(out: Path | None, *, pairs: Path, logprobs: Path, step: ProxStep
         with warnings.catch_warnings():  # peft reads an attribute transformers 5 renamed; not the user's concern
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
-    train(model, train_rows, step, settings, pad_id=tokenizer.pad_token_id,
-          log_path=None if out is None else out / "metrics.jsonl", bar=bar)
+    if rows:
+        train(model, train_rows, step, settings, pad_id=tokenizer.pad_token_id,
+              log_path=None if out is None else out / "metrics.jsonl", bar=bar)
     if out is None:
         return
     if lora is not None:  # a full checkpoint, loadable by from_pretrained
