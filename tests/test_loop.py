@@ -145,6 +145,12 @@ def test_bad_inputs_are_clear(setup, tmp_path):
     with pytest.raises(RunError, match="not a saved transformers model"):
         open_run(config(model={"path": str(tmp_path / "nowhere")}), tmp / "run")
     assert not (tmp / "run").exists()  # refused before anything was written
+    from comal.llm.processes import Processes
+
+    vllm = config(sampling={"backend": "vllm", "samples_per_prompt": 3, "vllm": {"enforce_eager": True}})
+    with pytest.raises(RunError, match="sampling.backend: vllm runs in one process, not 2"):
+        open_run(vllm, tmp / "run", processes=Processes(rank=0, count=2))
+    assert not (tmp / "run").exists()
 
 
 @pytest.mark.parametrize("extra, message", [

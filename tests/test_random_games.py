@@ -20,10 +20,10 @@ def _check_comal(game, nash, target):
     return result
 
 
-@pytest.mark.parametrize("n, target, seed", [(n, target, seed) for n, target in [(10, 1e-6), (40, 1e-3)]
-                                              for seed in (0, 1, 2)] + [(200, 1e-2, 0)])
+@pytest.mark.parametrize("n, target", [(10, 1e-6), (40, 1e-3)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_comal_reaches_the_lp_nash_on_random_intransitive_games(n, target, seed):
-    """One 200-action game here (30 s); benchmarks/random_games.py runs four seeds at every size."""
+    """benchmarks/random_games.py adds 200-action games (four seeds: gaps 1.6e-5 to 1.1e-3 after 1e5 steps)."""
     game = random_intransitive(n, seed=seed)
     nash = nash_lp(game)
     assert (nash[0] < 1e-9).any(), "these games have a Nash without full support"

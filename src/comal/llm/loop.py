@@ -382,6 +382,9 @@ def open_run(config: RunConfig, run_dir: str | Path, *, judge: Judge | None = No
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     processes = processes or current_processes()
+    if config.sampling.backend == "vllm" and sampler is None and processes.count > 1:
+        raise RunError(f"sampling.backend: vllm runs in one process, not {processes.count}: launch without "
+                       "--processes (vLLM shares GPUs itself: sampling.vllm.tensor_parallel_size)")
     if not processes.main:
         progress, bar, warn = (lambda message: None), no_bar, (lambda message: None)
     folder = RunFolder(run_dir)

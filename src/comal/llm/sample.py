@@ -32,6 +32,8 @@ class SamplingConfig(BaseModel):
     seed: int = 0
     long_prompts: Literal["truncate", "skip"] = "truncate"
     backend: Literal["transformers", "vllm"] = Field("transformers", description="vllm where it is installed")
+    vllm: dict = Field(default_factory=dict, description="arguments of vllm.LLM (gpu_memory_utilization, "
+                       "tensor_parallel_size, enforce_eager, max_model_len, dtype: float32 unless given)")
 
 
 @dataclass
@@ -79,42 +81,15 @@ class SeededPrompts(LogitsProcessor):
         return scores - noise.log().to(scores.device)
 
 
-def sample_with_vllm(model_path, tokenizer, prompts: Sequence[str], config: SamplingConfig,
-                     advance: Callable[[int], None] = lambda count: None) -> Samples:
-    """The same stage on vLLM (imported only here; ``pip install vllm``). Prompts longer than the
-    context are left to vLLM, which refuses them."""
-    try:
-        from vllm import LLM, SamplingParams
-    except ImportError:
-        raise ValueError("sampling.backend is 'vllm' but vllm is not installed; "
-                         "pip install vllm, or set sampling.backend: transformers") from None
-    engine = LLM(model=str(model_path), seed=config.seed)
-    params = [SamplingParams(n=config.samples_per_prompt, temperature=config.temperature, top_p=config.top_p,
-                             max_tokens=config.max_new_tokens, seed=prompt_seed(config.seed, prompt))
-              for prompt in prompts]  # one seed per prompt: its samples do not depend on the other prompts
-    encoded = [list(encode(tokenizer, prompt, ()).ids) for prompt in prompts]
-    outputs = engine.generate([{"prompt_token_ids": ids} for ids in encoded], params)
-    advance(len(prompts) * config.samples_per_prompt)
-    result = Samples()
-    for prompt, output in zip(prompts, outputs):
-        responses = [tuple(choice.token_ids) for choice in output.outputs]
-        result.prompts.append(prompt)
-        result.response_ids.append(responses)
-        result.texts.append([tokenizer.decode(r, skip_special_tokens=True) for r in responses])
-    return result
-
-
 def context_limit(model) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
-def sample(model, tokenizer, prompts: Sequence[str], config: SamplingConfig,
-           advance: Callable[[int], None] = lambda count: None) -> Samples:
-    """Draw ``config.samples_per_prompt`` responses for every prompt (``advance`` counts sequences;
-    a skipped prompt counts as drawn)."""
-    limit = context_limit(model)
-    result = Samples()
-    kept: list[tuple[str, tuple[int, ...]]] = []
+def fitted_prompts(tokenizer, prompts: Sequence[str], config: SamplingConfig, limit: int | None,
+                   result: Samples) -> list[tuple[str, tuple[int, ...]]]:
+    """Each prompt's token ids, cut from the left (or the prompt skipped) where it leaves less than
+    ``max_new_tokens`` of a ``limit``-token context; ``result`` counts both."""
+    kept = []
     for prompt in prompts:
         ids = encode(tokenizer, prompt, ()).ids
         room = None if limit is None else limit - config.max_new_tokens
@@ -124,6 +99,24 @@ def sample(model, tokenizer, prompts: Sequence[str], config: SamplingConfig,
                 continue
             ids, result.truncated = ids[-room:], result.truncated + 1
         kept.append((prompt, ids))
+    return kept
+
+
+def _collected(result: Samples, tokenizer, kept: list[tuple[str, tuple[int, ...]]],
+               drawn: Sequence[list[tuple[int, ...]]]) -> Samples:
+    for (prompt, _), responses in zip(kept, drawn):
+        result.prompts.append(prompt)
+        result.response_ids.append(responses)
+        result.texts.append([tokenizer.decode(r, skip_special_tokens=True) for r in responses])
+    return result
+
+
+def sample(model, tokenizer, prompts: Sequence[str], config: SamplingConfig,
+           advance: Callable[[int], None] = lambda count: None) -> Samples:
+    """Draw ``config.samples_per_prompt`` responses for every prompt (``advance`` counts sequences;
+    a skipped prompt counts as drawn)."""
+    result = Samples()
+    kept = fitted_prompts(tokenizer, prompts, config, context_limit(model), result)
     advance(result.skipped * config.samples_per_prompt)
 
     device = next(model.parameters()).device
@@ -152,11 +145,47 @@ def sample(model, tokenizer, prompts: Sequence[str], config: SamplingConfig,
         for row, number in enumerate(numbers):
             drawn[number] = [_until_eos(tokens, tokenizer.eos_token_id) for tokens in generated[row * k:(row + 1) * k]]
         advance(len(batch) * k)
-    for number, (prompt, _) in enumerate(kept):  # in the order of the prompts
-        result.prompts.append(prompt)
-        result.response_ids.append(drawn[number])
-        result.texts.append([tokenizer.decode(r, skip_special_tokens=True) for r in drawn[number]])
-    return result
+    return _collected(result, tokenizer, kept, [drawn[number] for number in range(len(kept))])
+
+
+def sample_with_vllm(model_path, tokenizer, prompts: Sequence[str], config: SamplingConfig,
+                     advance: Callable[[int], None] = lambda count: None) -> Samples:
+    """The same stage on vLLM (imported only here): the checkpoint is loaded into an engine built
+    with ``config.vllm`` as its arguments, every prompt is one request with its own seed
+    (:func:`prompt_seed`, so its k samples do not depend on the other prompts), long prompts are
+    cut or skipped as with ``generate``, and the engine is freed before the stage returns (the fit
+    that follows needs the memory). The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``
+    unless set otherwise): a round is one batch, and an engine process would cost its start-up every
+    round (on 2 CPU cores, 31 s against 159 s for tests/vllm_sampling.py). vLLM's draws are its own:
+    the same distribution as :func:`sample`, not the same tokens."""
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError:
+        raise ValueError("sampling.backend is 'vllm' but vllm is not installed; pip install vllm (on a CPU: "
+                         "`make vllm`), or set sampling.backend: transformers") from None
+    import gc
+    import os
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    engine = LLM(model=str(model_path), tokenizer=str(model_path), seed=config.seed,
+                 **{"dtype": "float32", **config.vllm})
+    try:
+        result = Samples()
+        kept = fitted_prompts(tokenizer, prompts, config, engine.llm_engine.model_config.max_model_len, result)
+        advance(result.skipped * config.samples_per_prompt)
+        params = [SamplingParams(n=config.samples_per_prompt, temperature=config.temperature, top_p=config.top_p,
+                                 max_tokens=config.max_new_tokens, seed=prompt_seed(config.seed, prompt))
+                  for prompt, _ in kept]
+        outputs = engine.generate([{"prompt_token_ids": list(ids)} for _, ids in kept], params, use_tqdm=False)
+        advance(len(kept) * config.samples_per_prompt)
+        drawn = [[_until_eos(list(choice.token_ids), tokenizer.eos_token_id)
+                  for choice in sorted(output.outputs, key=lambda choice: choice.index)] for output in outputs]
+        return _collected(result, tokenizer, kept, drawn)
+    finally:
+        del engine
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def _until_eos(tokens: list[int], eos_id: int | None) -> tuple[int, ...]:
