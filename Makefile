@@ -26,7 +26,7 @@ demo: $(VENV)/.installed
 	$(BIN)/comal demo
 
 test: $(VENV)/.installed
-	COMAL_LLAMA_SERVER=$(abspath $(wildcard $(LLAMA_SERVER))) COMAL_VLLM_PYTHON=$(abspath $(wildcard $(VLLM_VENV)/bin/python)) \
+	COMAL_LLAMA_SERVER=$(abspath $(wildcard $(LLAMA_SERVER))) COMAL_VLLM_PYTHON=$(if $(wildcard $(VLLM_VENV)/.installed),$(abspath $(VLLM_VENV)/bin/python)) \
 		$(BIN)/python -m pytest -q
 
 # SmolLM2-135M-Instruct as a Hugging Face folder for the real-model examples (configs/smollm2-*.yaml)
