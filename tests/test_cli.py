@@ -84,7 +84,8 @@ def test_run_table_reports_steps_to_thresholds(paper_file):
     (["game", "run", "{paper}", "--init", "0,1,1"], "must be positive"),
     (["game", "run", "{paper}", "--eta", "-1"], "eta must be a positive"),
     (["game", "run", "{paper}", "--eta-final", "0"], "eta_final must be a positive"),
-    (["game", "run", "{paper}", "-T", "-5"], "iterations must be ≥ 0"),
+    (["game", "run", "{paper}", "-T", "-5"], "--iterations must be between 0 and 1,000,000,000, got -5"),
+    (["game", "run", "{paper}", "-T", "99999999999999999999999999999"], "--iterations must be between 0 and"),
     (["model", "prepare", "{missing}", "--out", "{out}"], "step 'find the source'"),
     (["model", "prepare", "{bad}", "--out", "{out}"], "is a file but not a .gguf"),
 ])
@@ -97,6 +98,41 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, paper_file, args, messa
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output
+
+
+HOSTILE_FILES = {  # issue 11: each was a traceback, a silent wrong result or a misleading exit
+    "complex.npy": (lambda p: np.save(p, np.array([[0.5 + 1j, 0.5], [0.5, 0.5]])), "non-zero imaginary part"),
+    "huge.json": (lambda p: p.write_text("[[0.5, 1" + "0" * 400 + "]]"), "a number too large for a float"),
+    "deep.json": (lambda p: p.write_text("[" * 100_000 + "]" * 100_000), "JSON nested too deeply"),
+    "empty.npy": (lambda p: p.write_bytes(b""), "the file is empty or cut short"),
+    "empty.csv": (lambda p: p.write_text(""), "expected a square [n, n] matrix or a stack [prompts, n, n]"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_FILES))
+def test_hostile_matrix_files_are_one_line_and_exit_code_2(tmp_path, name):
+    write, message = HOSTILE_FILES[name]
+    write(tmp_path / name)
+    result = invoke("game", "nash", tmp_path / name)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output and "warning" not in result.output.lower()
+
+
+def test_a_diverged_run_exits_1_with_the_iteration_and_never_prints_nan(paper_file):
+    for extra in ([], ["--json"]):
+        result = invoke("game", "run", paper_file, "-a", "comal", "--tau", "1e308", "-T", "50", *extra)
+        assert result.exit_code == 1
+        assert "comal diverged at iteration 1: the policy became NaN" in result.stderr
+        assert "NaN" not in result.stdout and "nan" not in result.stdout
+
+
+@pytest.mark.parametrize("args", [["-a", "inpo", "--tau", "1e308"], ["--init", "1e308,1e308,1e308"]])
+def test_extreme_but_valid_settings_give_finite_results(paper_file, args):
+    result = invoke("game", "run", paper_file, "-T", "50", "--json", *args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the JSON output"))
+    assert np.isfinite(payload["policy"]).all() and np.isfinite(payload["duality_gap"])
 
 
 def test_generate_then_run(tmp_path):

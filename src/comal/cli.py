@@ -16,12 +16,13 @@ from typing import Optional
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from comal.games import GENERATORS, GameError, duality_gap, load_game, nash_lp
 from comal.rules import RULES, inner_rules, make_rule
-from comal.tabular import THRESHOLDS, initial_policy, run
+from comal.tabular import THRESHOLDS, Diverged, initial_policy, run
 from comal.testbed.demo import DEFAULT_ALGORITHMS
 
 app = typer.Typer(help="Align models with general preferences by finding the Nash policy.",
@@ -36,6 +37,11 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True)
 
 
+def _error(error) -> None:
+    """One line on stderr; the message's own brackets (``[n, n]``) printed, not read as markup."""
+    errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+
+
 def user_errors(command):
     """Turn bad input (GameError, ValueError) into one line on stderr and exit code 2."""
 
@@ -44,8 +50,11 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except (GameError, ValueError, FileNotFoundError) as error:
-            errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            _error(error)
             raise typer.Exit(2) from None
+        except Diverged as error:  # valid input whose run left floating point: a result, not a usage error
+            _error(error)
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -59,13 +68,16 @@ def _progress(total: int, description: str) -> Progress:
 
 
 def _warn(message: str) -> None:
-    errors.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    errors.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _bars():
     from comal.llm.progress import rich_bars
 
     return rich_bars(errors)
+
+
+MAX_ITERATIONS = 10**9
 
 
 def _steps(value: int | None) -> str:
@@ -107,6 +119,8 @@ def run_command(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ):
     """Run one update rule and report its last iterate against the exact Nash."""
+    if not 0 <= iterations <= MAX_ITERATIONS:
+        raise ValueError(f"--iterations must be between 0 and {MAX_ITERATIONS:,}, got {iterations}")
     game = load_game(matrix)
     start = initial_policy(init, game.shape[-1], seed=seed)
     if inner is not None and algorithm != "comal":

@@ -14,6 +14,11 @@ from comal.rules.base import run_fraction
 THRESHOLDS = (1e-3, 1e-6)
 
 
+class Diverged(ArithmeticError):
+    """The iterate stopped being a probability distribution (NaN): the step sizes are too large for
+    floating point."""
+
+
 @dataclass
 class RunResult:
     """A finished run: the last iterate, its gap, and the history of the last iterate."""
@@ -62,8 +67,9 @@ def initial_policy(init: str | np.ndarray | None, n: int, *, seed: int = 0) -> n
     if weights.shape != (n,):
         raise ValueError(f"init has {weights.size} weights but the game has {n} actions; give one per action")
     if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
-        raise ValueError("init weights must be positive: every action needs probability > 0 "
+        raise ValueError("init weights must be positive finite numbers: every action needs probability > 0 "
                          "(the Nash must lie in the initial support)")
+    weights = weights / weights.max()  # the sum of weights near the float maximum would overflow
     return weights / weights.sum()
 
 
@@ -113,6 +119,9 @@ def run(rule: Rule, game: np.ndarray, init: np.ndarray, iterations: int, *,
 
     for t in range(iterations):
         next_state, advantages = rule.annealed(run_fraction(t, iterations), eta_final).update(game, state, estimate)
+        if np.isnan(next_state.policies[CURRENT]).any():
+            raise Diverged(f"{rule.name} diverged at iteration {t + 1}: the policy became NaN (η = {rule.eta:.4g}, "
+                           f"τ = {rule.tau:.4g}); use smaller steps")
         policy = np.exp(state.policies[CURRENT])
         gap = measure(t, policy, None if estimate else advantages.get(CURRENT))
         stopped = until is not None and gap <= until

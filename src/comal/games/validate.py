@@ -8,6 +8,7 @@ A game is a stack of preference matrices ``P`` of shape ``[prompts, n, n]`` with
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,16 @@ def as_game(matrix, *, tolerance: float = SYMMETRY_TOLERANCE) -> np.ndarray:
     A single ``[n, n]`` matrix becomes a stack of one. Raises :class:`GameError` naming the
     first bad entry.
     """
+    if np.iscomplexobj(matrix):
+        if np.any(np.imag(matrix) != 0):
+            raise GameError("preference matrix has complex entries with a non-zero imaginary part; "
+                            "preferences are real probabilities P(row ≻ column)")
+        matrix = np.real(matrix)
     try:
         game = np.asarray(matrix, dtype=np.float64)
+    except OverflowError:
+        raise GameError("preference matrix has a number too large for a float; entries are probabilities in "
+                        "[0, 1]") from None
     except (TypeError, ValueError) as error:
         raise GameError(
             f"preference matrix is not numeric or its rows have different lengths ({error}); "
@@ -78,13 +87,19 @@ def load_game(path: str | Path) -> np.ndarray:
         if suffix == ".npy":
             matrix = np.load(path, allow_pickle=False)
         elif suffix == ".csv":
-            matrix = np.loadtxt(path, delimiter=",", ndmin=2)
+            with warnings.catch_warnings():  # an empty file: numpy warns, then as_game says what is wrong
+                warnings.simplefilter("ignore", UserWarning)
+                matrix = np.loadtxt(path, delimiter=",", ndmin=2)
         elif suffix == ".json":
             matrix = json.loads(path.read_text())
         else:
             raise GameError(f"{path}: unknown format '{suffix}'; use .npy, .csv or .json")
     except GameError:
         raise
+    except RecursionError:
+        raise GameError(f"{path}: JSON nested too deeply; give a matrix or a list of matrices") from None
+    except EOFError:
+        raise GameError(f"{path}: the file is empty or cut short; save the matrix again") from None
     except (ValueError, OSError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise GameError(f"{path}: cannot be read as a {suffix[1:]} matrix ({first_line})") from None

@@ -20,7 +20,7 @@ from comal.rules.base import CURRENT, REFERENCE, ProxStep, Rule
 
 def stable_eta(tau: float, scale: float) -> float:
     """Half the largest step for which ``(1 − ητ) + iηω`` contracts for every ``|ω| ≤ scale``."""
-    return tau / (tau**2 + scale**2)
+    return 1.0 / (tau + scale * scale / tau)  # = τ / (τ² + scale²), without squaring a large τ
 
 
 @dataclass(frozen=True)
