@@ -72,7 +72,8 @@ def build_model(tokenizer, size: str):
 
 
 def run_comal(args, tokenizer, data, checkpointing: bool) -> dict:
-    from comal.llm.logprobs import batched_logps, encode
+    from comal.llm.logprobs import encode
+    from comal.llm.stages import distinct_logps
     from comal.llm.train import TrainConfig, TrainRow, train
     from comal.rules import make_rule
 
@@ -88,8 +89,7 @@ def run_comal(args, tokenizer, data, checkpointing: bool) -> dict:
     firsts = [encode_text(row["prompt"], row["chosen"]) for row in data]
     seconds = [encode_text(row["prompt"], row["rejected"]) for row in data]
     # anchors: log-probs of π_t and μ (both the start model here), once per distinct response
-    distinct = list(dict.fromkeys(firsts + seconds))
-    logps = dict(zip(distinct, batched_logps(model, distinct, tokenizer.pad_token_id, args.batch).tolist()))
+    logps = distinct_logps(model, firsts + seconds, tokenizer.pad_token_id, args.batch)
     anchor_first, anchor_second = [logps[f] for f in firsts], [logps[s] for s in seconds]
     anchors_seconds = time.perf_counter() - start
     rows = [TrainRow(f, {"current": a, "reference": a}, 0.5, s, {"current": b, "reference": b})

@@ -1,14 +1,12 @@
 """Sampling: k responses per prompt, reproducible by seed, long prompts truncated or skipped."""
 
-import numpy as np
 import pytest
-import scipy.stats
-import torch
 from transformers import LogitsProcessorList
 
 from comal.llm.logprobs import encode, left_padded
 from comal.llm.sample import SamplingConfig, SeededPrompts, prompt_seed, sample
 from comal.llm.tiny import tiny_causal_lm, tiny_tokenizer
+from conftest import first_token_test, nucleus_distribution
 
 PROMPTS = ["say hello", "please write a b c", "which is better"]
 
@@ -63,19 +61,10 @@ def test_draws_follow_the_tempered_nucleus_distribution(top_p):
     model = tiny_causal_lm(tokenizer)
     config = SamplingConfig(samples_per_prompt=4000, max_new_tokens=1, temperature=0.7, top_p=top_p, seed=3)
     drawn = sample(model, tokenizer, ["say hello"], config).response_ids[0]
-    with torch.no_grad():
-        logits = model(torch.tensor([encode(tokenizer, "say hello", ()).ids])).logits[0, -1].double() / 0.7
-    probabilities = torch.softmax(logits, -1)
-    ranked = probabilities.sort(descending=True)
-    outside = ranked.indices[(ranked.values.cumsum(0) - ranked.values) >= top_p]  # transformers' nucleus rule
-    probabilities[outside] = 0
-    probabilities = (probabilities / probabilities.sum()).numpy()
-    counts = np.bincount([ids[0] for ids in drawn], minlength=len(probabilities))
-    assert counts[probabilities == 0].sum() == 0
-    kept = probabilities * len(drawn) >= 5
-    observed = np.append(counts[kept], counts[~kept].sum())
-    expected = np.append(probabilities[kept], probabilities[~kept].sum()) * len(drawn)
-    assert scipy.stats.chisquare(observed[expected > 0], expected[expected > 0]).pvalue > 1e-3
+    outside, pvalue = first_token_test([ids[0] for ids in drawn],
+                                       nucleus_distribution(model, tokenizer, "say hello", 0.7, top_p))
+    assert outside == 0
+    assert pvalue > 1e-3
 
 
 def test_eos_ends_a_response():

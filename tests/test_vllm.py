@@ -11,13 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from scipy.stats import chisquare
 
-from comal.llm.logprobs import encode
 from comal.llm.tiny import tiny_tokenizer
+from conftest import first_token_test, nucleus_distribution
 
 HERE = Path(__file__).parent
 
@@ -70,22 +67,10 @@ def test_vllm_samples_the_policy(drawn):
     from transformers import AutoModelForCausalLM
 
     out, calls = drawn
-    tokenizer = tiny_tokenizer()
     model = AutoModelForCausalLM.from_pretrained(out / "policy").eval()
-    ids = torch.tensor([encode(tokenizer, "the cat sat", ()).ids])
-    with torch.no_grad():
-        logits = model(ids).logits[0, -1] / 0.8
-    probabilities = torch.softmax(logits, -1).double()
-    ranked, order = probabilities.sort(descending=True)
-    outside = order[(ranked.cumsum(0) - ranked) >= 0.9]  # top-p keeps the smallest set with mass ≥ 0.9
-    probabilities[outside] = 0
-    probabilities = (probabilities / probabilities.sum()).numpy()
+    probabilities = nucleus_distribution(model, tiny_tokenizer(), "the cat sat", 0.8, 0.9)
     first_tokens = [response[0] for response in calls["first_tokens"]["response_ids"][0]]
-    counts = np.bincount(first_tokens, minlength=len(probabilities))
-    assert counts[probabilities == 0].sum() == 0, "a token outside the nucleus was drawn"
-    expected = probabilities * len(first_tokens)
-    kept = expected >= 5
-    assert kept.sum() >= 3, "the test needs a distribution that is not one token"
-    observed = np.append(counts[kept], counts[~kept].sum())
-    expected = np.append(expected[kept], expected[~kept].sum())
-    assert chisquare(observed[expected > 0], expected[expected > 0]).pvalue > 1e-3
+    assert (probabilities * len(first_tokens) >= 5).sum() >= 3, "the test needs a distribution that is not one token"
+    outside, pvalue = first_token_test(first_tokens, probabilities)
+    assert outside == 0, "a token outside the nucleus was drawn"
+    assert pvalue > 1e-3

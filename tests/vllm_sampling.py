@@ -9,8 +9,11 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+from transformers import LlamaForCausalLM
+
 from comal.llm.sample import SamplingConfig, sample_with_vllm
-from comal.llm.tiny import tiny_causal_lm, tiny_config, tiny_tokenizer
+from comal.llm.tiny import tiny_config, tiny_tokenizer
 
 PROMPTS = ["the cat sat", "a dog ran far", "birds sing at dawn"]
 LONG_PROMPT = " ".join(["the cat sat on a mat"] * 20)  # more than max_model_len − max_new_tokens tokens
@@ -21,9 +24,9 @@ def main(out: Path) -> None:
     tokenizer = tiny_tokenizer()
     # vLLM's CPU attention takes head sizes of 32 and up (the suite's tiny model has 8); weights drawn
     # wide (initializer_range 0.5) so that the next-token distribution is far from uniform
-    model = tiny_causal_lm(tokenizer)
-    model = type(model)(tiny_config(tokenizer, hidden_size=64, num_attention_heads=2, num_key_value_heads=1,
-                                    initializer_range=0.5))
+    torch.manual_seed(1)  # a seed whose first-token nucleus holds 4 tokens at T = 0.8, top-p 0.9
+    model = LlamaForCausalLM(tiny_config(tokenizer, hidden_size=64, num_attention_heads=2, num_key_value_heads=1,
+                                         initializer_range=0.5))
     model.save_pretrained(out / "policy")
     tokenizer.save_pretrained(out / "policy")
     settings = SamplingConfig(samples_per_prompt=4, max_new_tokens=6, temperature=0.8, top_p=0.9, seed=3,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from comal.llm.logprobs import conversation_text
+from comal.llm.logprobs import conversation_text, with_pad_token
 
 
 class Judge(ABC):
@@ -338,8 +339,6 @@ def build_judge(section) -> Judge:
     """The judge a run config's ``judge:`` section names (a :class:`~comal.llm.config.JudgeSection`)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    import os
-
     from comal.llm.api_judge import API_TEMPLATE, APIJudge, MixtureJudge
     from comal.llm.prepare import check_model_folder
 
@@ -352,9 +351,7 @@ def build_judge(section) -> Judge:
                         concurrency=section.concurrency, max_retries=section.max_retries, timeout=section.timeout,
                         max_requests=section.max_requests, samples=section.samples)
     path = check_model_folder(section.path, "judge.path")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = with_pad_token(AutoTokenizer.from_pretrained(path))
     if section.kind == "reward-model":
         return RewardModelJudge(AutoModelForSequenceClassification.from_pretrained(path), tokenizer,
                                 batch_size=section.batch_size)

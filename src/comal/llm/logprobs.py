@@ -53,6 +53,13 @@ def encode(tokenizer, prompt: str, response_ids: Sequence[int]) -> Encoded:
     return Encoded(tuple(prompt_ids) + tuple(response_ids), len(prompt_ids))
 
 
+def with_pad_token(tokenizer):
+    """``tokenizer``, its EOS token made the pad token where it has none (batches are padded)."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def left_padded(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """``input_ids`` and ``attention_mask`` of token-id rows padded on the left, so every row ends
     at the last column (where the next-token logits of all rows are)."""

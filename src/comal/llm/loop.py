@@ -37,6 +37,7 @@ from pathlib import Path
 from comal.llm.config import RunConfig
 from comal.llm.evaluate import checkpoint_responses, mean_length, plot_win_matrix, win_matrix, win_rate
 from comal.llm.judge import Judge, JudgeCache, JudgeQualityWarning, build_judge
+from comal.llm.logprobs import with_pad_token
 from comal.llm.prepare import check_model_folder
 from comal.llm.processes import ONE_PROCESS, Processes, current_processes
 from comal.llm.progress import Bar, no_bar, prefixed
@@ -389,10 +390,7 @@ def open_run(config: RunConfig, run_dir: str | Path, *, judge: Judge | None = No
         progress, bar, warn = (lambda message: None), no_bar, (lambda message: None)
     folder = RunFolder(run_dir)
     model_path = Path(config.model.path) if model is not None else check_model_folder(config.model.path, "model.path")
-    if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or model_path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = with_pad_token(tokenizer or AutoTokenizer.from_pretrained(config.model.tokenizer or model_path))
 
     def load_causal_lm(path: Path):
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()

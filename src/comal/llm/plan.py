@@ -84,16 +84,14 @@ def probe(config: RunConfig, prompts: int = 2) -> ProbeRates:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from comal.llm.judge import PAIRWISE_TEMPLATE, build_judge
-    from comal.llm.logprobs import batched_logps, encode
+    from comal.llm.logprobs import batched_logps, encode, with_pad_token
     from comal.llm.loop import Run
     from comal.llm.sample import sample
     from comal.llm.train import TrainRow, train
 
     run = Run(config, RunFolder(Path("unused")))
     chosen = run.prompts(0)[:prompts]
-    tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = with_pad_token(AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.path))
     model = AutoModelForCausalLM.from_pretrained(config.model.path, dtype=torch.float32).eval()
     started = time.perf_counter()
     drawn = sample(model, tokenizer, chosen, config.sampling)

@@ -244,6 +244,9 @@ def logprobs_stage(out: Path, *, rows: Sequence[dict], anchors: Mapping[str, Pat
     (anchors that are one checkpoint, as π_t and μ are at the start, are computed once)."""
     encoded = encode_rows(rows, tokenizer)
     sequences = [sequence for pair in encoded for sequence in pair if sequence is not None]
+    if not sequences:  # a fit without rows (every prompt drew one response) needs no anchor loaded
+        write_json(out / "anchors.json", {})
+        return
     checkpoints = {name: Path(checkpoint).resolve() for name, checkpoint in anchors.items()}
     distinct = sorted(set(checkpoints.values()))
     columns, computed = {}, {}
