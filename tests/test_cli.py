@@ -192,7 +192,7 @@ def test_demo_in_worker_processes_prints_the_table(tmp_path):
     # a rerun with other settings in the same folder would mix runs: refused, the summary kept
     again = invoke("demo", "--out", out, "--tokens", 2, "--length", 1, "--prompts", 1, "--iterations", 1,
                    "--samples", 16, "--algorithms", "comal", "--workers", 1)
-    assert again.exit_code == 2 and "another configuration" in again.stderr
+    assert again.exit_code == 2 and "sampling.samples_per_prompt: 8 there, 16 now" in again.stderr
     assert json.loads((out / "summary.json").read_text()) == summary
 
 

@@ -43,7 +43,7 @@ def test_one_pipeline_iteration_on_the_testbed(tmp_path):
     assert run.folder.round(0, "current", "sample").is_dir()
     # the same folder under another configuration would reuse stale stages: refused, nothing changed
     saved = (tmp_path / "run" / "config.json").read_text()
-    with pytest.raises(RunError, match="another configuration"):
+    with pytest.raises(RunError, match=r"other settings \(eta: 2.0 there, 3.0 now"):
         open_run(config.model_copy(update={"eta": 3.0}), tmp_path / "run", judge=testbed.judge(),
                  model=testbed.initial_policy(), tokenizer=testbed.tokenizer)
     assert (tmp_path / "run" / "config.json").read_text() == saved

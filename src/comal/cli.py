@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from comal.games import GENERATORS, GameError, duality_gap, load_game, nash_lp
+from comal.games import GENERATORS, GameError, TimeLimitReached, duality_gap, load_game, nash_lp
 from comal.rules import RULES, inner_rules, make_rule
 from comal.tabular import THRESHOLDS, Diverged, initial_policy, run
 from comal.testbed.demo import DEFAULT_ALGORITHMS
@@ -43,7 +43,9 @@ def _error(error) -> None:
 
 
 def user_errors(command):
-    """Turn bad input (GameError, ValueError) into one line on stderr and exit code 2."""
+    """Turn bad input (GameError, ValueError, a path that cannot be read or written) into one line on
+    stderr and exit code 2; a valid input that could not be computed (a diverged run, an LP past its
+    time limit) into one line and exit code 1."""
 
     @wraps(command)
     def wrapper(*args, **kwargs):
@@ -52,7 +54,10 @@ def user_errors(command):
         except (GameError, ValueError, FileNotFoundError) as error:
             _error(error)
             raise typer.Exit(2) from None
-        except Diverged as error:  # valid input whose run left floating point: a result, not a usage error
+        except (IsADirectoryError, NotADirectoryError, PermissionError) as error:  # a path given that cannot be used
+            _error(f"{error.filename}: {error.strerror.lower()}")
+            raise typer.Exit(2) from None
+        except (Diverged, TimeLimitReached) as error:  # valid input that could not be computed: not a usage error
             _error(error)
             raise typer.Exit(1) from None
 
@@ -78,6 +83,27 @@ def _bars():
 
 
 MAX_ITERATIONS = 10**9
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds
+MAX_ENTRIES = 2**27  # prompts × n × n of a game the commands make (1 GiB of float64)
+NASH_AUTO_LIMIT = 1000  # actions up to which `game run` solves the Nash LP unless told (10 s at 1,000; minutes beyond)
+NASH_AUTO_SECONDS = 60  # and the estimated seconds (all prompts) up to which it does
+
+
+def _lp_seconds(prompts: int, n: int) -> float:
+    """The Nash LP's time on one core, roughly (measured here: 1 s at 500 actions, 10 s at 1,000)."""
+    return prompts * (0.002 + 10 * (n / 1000) ** 3.5)
+
+
+def _solve_nash(game: np.ndarray, time_limit: float | None) -> np.ndarray:
+    """The Nash LP with a bar over prompts, and a line with its estimated time when that is long."""
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(f"--time-limit must be a positive number of seconds, got {time_limit}")
+    prompts, n = game.shape[:2]
+    if _lp_seconds(prompts, n) > 10:
+        _say(f"solving the Nash LP: {prompts:,} × {n:,} actions, about {_lp_seconds(prompts, n):,.0f} s on one core "
+             "(--time-limit stops it)")
+    with _progress(prompts, f"Nash LP ({n:,} actions)") as progress:
+        return nash_lp(game, time_limit, on_prompt=lambda x: progress.update(progress.task_ids[0], completed=x))
 
 
 def _steps(value: int | None) -> str:
@@ -87,10 +113,11 @@ def _steps(value: int | None) -> str:
 @game_app.command("nash")
 @user_errors
 def nash_command(matrix: Path = typer.Argument(..., help=".npy, .csv or .json preference matrix (or a stack)"),
-                 as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+                 as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+                 time_limit: Optional[float] = typer.Option(None, help="seconds the LP may take (all prompts)")):
     """Exact Nash policy by linear programming (HiGHS) and its duality gap."""
     game = load_game(matrix)
-    policy = nash_lp(game)
+    policy = _solve_nash(game, time_limit)
     gap = duality_gap(game, policy)
     if as_json:
         print(json.dumps({"nash": policy[0].tolist() if len(policy) == 1 else policy.tolist(),
@@ -113,10 +140,13 @@ def run_command(
     inner: Optional[str] = typer.Option(None, help=f"comal only: inner rule ({', '.join(inner_rules())})"),
     eta_final: Optional[float] = typer.Option(None, help="η decays geometrically to this over the iterations, ητ held"),
     init: str = typer.Option("uniform", help="'uniform', 'random' (Dirichlet, --seed) or weights a,b,c"),
-    seed: int = typer.Option(0, help="seed of --init random and of --samples"),
+    seed: int = typer.Option(0, min=0, max=SEED_MAX, help="seed of --init random and of --samples"),
     samples: Optional[int] = typer.Option(None, help="estimate every advantage from this many draws per prompt, "
                                                      "as the LLM loop does (the sampled rule with perfect fits)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    nash: Optional[bool] = typer.Option(None, "--nash/--no-nash", help="solve the Nash LP for the KL to it "
+                                        f"(default: up to {NASH_AUTO_LIMIT:,} actions and a minute of LP; the gap needs no LP)"),
+    time_limit: Optional[float] = typer.Option(None, help="seconds the Nash LP may take"),
 ):
     """Run one update rule and report its last iterate against the exact Nash."""
     if not 0 <= iterations <= MAX_ITERATIONS:
@@ -131,8 +161,14 @@ def run_command(
     rule = make_rule(algorithm, game, **given)
     if eta_final is not None:
         rule.annealed(1.0, eta_final)  # the last iteration's rule is checked like the first
+    prompts, n = game.shape[:2]
+    affordable = n <= NASH_AUTO_LIMIT and _lp_seconds(prompts, n) <= NASH_AUTO_SECONDS
+    if nash is None and not affordable:
+        _warn(f"the KL to the Nash is not measured: its LP ({prompts:,} × {n:,} actions) would take about "
+              f"{_lp_seconds(prompts, n):,.0f} s; --nash solves it")
+    exact = _solve_nash(game, time_limit) if (nash if nash is not None else affordable) else None
     with _progress(max(iterations, 0), f"{algorithm}") as progress:
-        result = run(rule, game, start, iterations, nash=nash_lp(game), samples=samples, seed=seed, eta_final=eta_final,
+        result = run(rule, game, start, iterations, nash=exact, samples=samples, seed=seed, eta_final=eta_final,
                      on_step=lambda t: progress.update(progress.task_ids[0], completed=t))
     if as_json:
         print(json.dumps(result.to_json()))
@@ -140,7 +176,8 @@ def run_command(
     table = Table("algorithm", "η", "τ", "final gap", "KL to Nash",
                   *(f"steps to {t:g}" for t in THRESHOLDS), title=f"{iterations:,} iterations")
     table.add_row(algorithm, f"{rule.eta:.4g}", f"{rule.tau:.4g}", f"{result.duality_gap:.2e}",
-                  f"{result.kl_to_nash:.2e}", *(_steps(result.steps_to[t]) for t in THRESHOLDS))
+                  "–" if result.kl_to_nash is None else f"{result.kl_to_nash:.2e}",
+                  *(_steps(result.steps_to[t]) for t in THRESHOLDS))
     console.print(table)
 
 
@@ -151,13 +188,16 @@ def generate_command(
     out: Path = typer.Option(..., "--out", "-o", help="file to write (.npy or .json)"),
     n: int = typer.Option(10, "--n", help="number of responses per prompt"),
     prompts: int = typer.Option(1, help="number of prompts"),
-    seed: int = typer.Option(0, help="random seed"),
+    seed: int = typer.Option(0, min=0, max=SEED_MAX, help="random seed"),
 ):
     """Write a seeded preference game to a file."""
     if kind not in GENERATORS:
         raise ValueError(f"unknown game '{kind}'; choose one of: {', '.join(GENERATORS)}")
     if n < 1 or prompts < 1:
         raise ValueError("--n and --prompts must be at least 1")
+    if prompts * n * n > MAX_ENTRIES:
+        raise ValueError(f"--n {n:,} and --prompts {prompts:,} make {prompts * n * n:,} entries; at most "
+                         f"{MAX_ENTRIES:,} (1 GiB)")
     game = GENERATORS[kind](n=n, prompts=prompts, seed=seed)
     if out.suffix == ".npy":
         np.save(out, game)
@@ -173,15 +213,18 @@ def generate_command(
 def reproduce_command(
     out: Path = typer.Option(Path("runs/reproduce"), "--out", "-o", help="folder for the plots, JSON and CSV"),
     size: int = typer.Option(50, help="actions of the random intransitive game"),
-    seed: int = typer.Option(0, help="seed of the random intransitive game"),
+    seed: int = typer.Option(0, min=0, max=SEED_MAX, help="seed of the random intransitive game"),
     iterations_3x3: int = typer.Option(5_000, help="iterations on the 3×3 game"),
     iterations_random: int = typer.Option(30_000, help="iterations on the random game"),
 ):
     """The papers' synthetic study: every rule on the 3×3 game and a random intransitive game."""
     from comal.reproduce import default_studies, run_study
 
-    if size < 2 or iterations_3x3 < 1 or iterations_random < 1:
-        raise ValueError("--size must be at least 2 and the iteration counts at least 1")
+    if not 2 <= size <= NASH_AUTO_LIMIT or iterations_3x3 < 1 or iterations_random < 1:
+        raise ValueError(f"--size must be 2 to {NASH_AUTO_LIMIT:,} (the study solves its Nash LP) and the iteration "
+                         "counts at least 1")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; name a folder for the plots and numbers")
     studies = default_studies(size, seed, iterations_3x3, iterations_random)
     total = len(RULES) * sum(study.iterations for study in studies)
     done: dict[str, int] = {}
@@ -227,6 +270,15 @@ def _open_run(run_dir: Path):
     return open_run(_saved_config(run_dir), run_dir, progress=_say, bar=_bars(), warn=_warn)
 
 
+def _option_error(error) -> ValueError:
+    """A demo settings model's first error as one line naming the option (its own checks name it already)."""
+    first = error.errors()[0]
+    if first["type"] == "value_error":
+        return ValueError(str(first["ctx"]["error"]))
+    option = {"samples_per_prompt": "samples"}.get(first["loc"][0], first["loc"][0])
+    return ValueError(f"--{str(option).replace('_', '-')}: {first['msg']}")
+
+
 def _chosen_algorithms(algorithms: str) -> list[str]:
     """The rules named by a comma-separated ``--algorithms``; an unknown or empty list is refused."""
     chosen = [name.strip() for name in algorithms.split(",") if name.strip()]
@@ -247,7 +299,7 @@ def demo_command(
     samples: int = typer.Option(16384, help="responses sampled per prompt and round"),
     algorithms: str = typer.Option(",".join(DEFAULT_ALGORITHMS),
                                    help=f"comma-separated, any of: {', '.join(RULES)} (settings in the README)"),
-    workers: int = typer.Option(2, help="algorithms run at once, one process and CPU thread each"),
+    workers: int = typer.Option(2, min=1, help="algorithms run at once, one process and CPU thread each"),
     tokens: int = typer.Option(4, help="content tokens of the response space"),
     length: int = typer.Option(2, help="content tokens per response: tokens**length responses"),
     prompts: int = typer.Option(2, help="prompts, each with its own preference game"),
@@ -262,10 +314,7 @@ def demo_command(
         settings = DemoSettings(seed=seed, iterations=iterations, samples_per_prompt=samples, tokens=tokens,
                                 length=length, prompts=prompts, algorithms=algorithm_settings(chosen))
     except ValidationError as error:
-        first = error.errors()[0]
-        option = {"samples_per_prompt": "samples"}.get(first["loc"][0], first["loc"][0])
-        raise ValueError(f"--{option}: {first['msg']}") from None
-    settings.testbed()  # a bad testbed is refused before anything starts
+        raise _option_error(error) from None
     _say(f"testbed: {prompts} prompts × {tokens ** length} responses; {len(chosen)} algorithms × {iterations} "
          f"rounds × {samples} samples per prompt, {workers} at a time → {out}/")
     with _progress(len(chosen) * iterations, "demo") as progress:
@@ -313,8 +362,8 @@ def length_game_command(
     """COMAL's 3×3 game played by a real LLM: a judge that prefers by length class, the gap measured exactly."""
     from pydantic import ValidationError
 
-    from comal.testbed.length_demo import DEFAULT_LENGTH_ALGORITHMS, LengthGameSettings, run_length_game
     from comal.testbed.demo import AlgorithmSettings
+    from comal.testbed.length_demo import DEFAULT_LENGTH_ALGORITHMS, LengthGameSettings, run_length_game
 
     chosen = _chosen_algorithms(algorithms)
     try:
@@ -323,9 +372,7 @@ def length_game_command(
             max_new_tokens=max_new_tokens, seed=seed,
             algorithms={name: DEFAULT_LENGTH_ALGORITHMS.get(name, AlgorithmSettings()) for name in chosen})
     except ValidationError as error:
-        first = error.errors()[0]
-        option = {"samples_per_prompt": "samples"}.get(first["loc"][0], first["loc"][0])
-        raise ValueError(f"--{str(option).replace('_', '-')}: {first['msg']}") from None
+        raise _option_error(error) from None
     _say(f"length game: {model} on {prompt_count} prompts; {len(chosen)} algorithms × {rounds} rounds × "
          f"{samples} samples per prompt → {out}/")
 
@@ -574,5 +621,33 @@ def evaluate_command(run_dir: Path = typer.Argument(..., help="run folder"),
         console.print(f"wrote {run.win_matrix()} and win_matrix.png")
 
 
+def run_cli(args: list[str] | None = None) -> int:
+    """``comal ARGS`` and its exit code. Usage errors (an option's value of the wrong type or out of
+    range, a missing argument, an unknown option) print one line and give 2, as the commands' own
+    checks do; ``comal`` or a command group with nothing after it prints its help; an interrupt gives 130."""
+    try:
+        from typer._click import exceptions as click  # typer 0.29 and later carry their own click
+    except ImportError:
+        from click import exceptions as click
+    # typer.Abort is what an interrupt raises
+
+    try:
+        code = app(args=args, prog_name="comal", standalone_mode=False)
+    except click.NoArgsIsHelpError as error:
+        print(error.ctx.get_help())
+        return 0
+    except click.UsageError as error:
+        where = f"; see `{error.ctx.command_path} --help`" if error.ctx is not None else ""
+        _error(" ".join(error.format_message().split()).rstrip(".") + where)
+        return 2
+    except click.ClickException as error:
+        _error(error.format_message())
+        return error.exit_code
+    except typer.Abort:
+        errors.print("interrupted")
+        return 130
+    return code if isinstance(code, int) else 0
+
+
 def main() -> None:
-    app()
+    sys.exit(run_cli())

@@ -33,15 +33,21 @@ class RunResult:
     trajectory: np.ndarray | None = None  # the policy at every iteration, if asked
 
     def to_json(self) -> dict:
+        """Strict JSON: a KL that is infinite (π gives no mass to a response the Nash plays) or not
+        measured (no Nash given) is null."""
         return {
             "algorithm": self.algorithm,
             "policy": _policy_json(self.policy),
             "duality_gap": self.duality_gap,
-            "kl_to_nash": self.kl_to_nash,
+            "kl_to_nash": _finite(self.kl_to_nash),
             "steps_to": {f"{t:g}": s for t, s in self.steps_to.items()},
-            "reference_kl": self.reference_kl,
-            "history": self.history,
+            "reference_kl": [_finite(kl) for kl in self.reference_kl],
+            "history": [{**point, "kl_to_nash": _finite(point["kl_to_nash"])} for point in self.history],
         }
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and np.isfinite(value) else None
 
 
 def _policy_json(policy: np.ndarray) -> list:

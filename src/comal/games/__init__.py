@@ -23,6 +23,7 @@ from comal.games.measures import (
 )
 from comal.games.nash import (
     RegularizedNash,
+    TimeLimitReached,
     fixed_point_residual,
     rotation_speed,
     nash_lp,

@@ -103,4 +103,7 @@ def load_game(path: str | Path) -> np.ndarray:
     except (ValueError, OSError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise GameError(f"{path}: cannot be read as a {suffix[1:]} matrix ({first_line})") from None
-    return as_game(matrix)
+    try:
+        return as_game(matrix)
+    except GameError as error:  # the message names the file it is about
+        raise GameError(f"{path}: {error}") from None

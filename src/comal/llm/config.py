@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from comal.llm.sample import SamplingConfig
 from comal.llm.train import TrainConfig
 from comal.rules import RULES, Rule, make_rule
 from comal.rules.base import run_fraction
+from comal.settings import STRICT, Seed
 
 JUDGE_SCALE = 0.5  # max |P − 1/2| of a judge with values in [0, 1]: the scale rule defaults are set for
 NOT_RULES = {"dpo": "DPO's minimiser is a Bradley-Terry fit, not a step of the preference game; "
@@ -33,13 +34,34 @@ class ConfigError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
 
 class ModelSection(Strict):
     path: str = Field(description="local folder of a transformers causal LM (from_pretrained)")
     tokenizer: Optional[str] = Field(None, description="tokenizer folder; default: the model's")
     lora: Optional[dict] = Field(None, description="peft LoraConfig arguments; omit for full fine-tuning")
+
+    @model_validator(mode="after")
+    def _lora_arguments(self):
+        if self.lora is not None:
+            from dataclasses import fields as dataclass_fields
+
+            from peft import LoraConfig
+
+            known = {field.name for field in dataclass_fields(LoraConfig) if field.init}
+            unknown = sorted(set(self.lora) - known)
+            if unknown:
+                raise ValueError(f"model.lora: unknown LoraConfig argument '{unknown[0]}' (e.g. r, lora_alpha, "
+                                 "lora_dropout, target_modules)")
+            rank = self.lora.get("r", 8)
+            if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+                raise ValueError(f"model.lora: r must be a positive integer (the adapters' rank), got {rank!r}")
+            try:
+                LoraConfig(**self.lora)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"model.lora: {str(error).splitlines()[0]}") from None
+        return self
 
 
 class JudgeSection(Strict):
@@ -98,7 +120,7 @@ class RunConfig(Strict):
     prompt_split: str = Field("train", description="the split of a saved DatasetDict folder, and rows: train[:1700]")
     prompts_per_iteration: Optional[int] = Field(None, ge=1, description="default: all prompts each iteration")
     algorithm: str = Field("comal", description="a rule of comal.rules.RULES")
-    iterations: int = Field(24, ge=1)
+    iterations: int = Field(24, ge=1, le=10**6)
     eta: Optional[float] = Field(None, gt=0, description="η; the official code's eta_code is 1/η")
     tau_eta_ratio: Optional[float] = Field(None, ge=0, le=1, description="ητ, the weight on the reference μ")
     reference_period: Optional[int] = Field(None, ge=1, description="μ ← π_t every this many iterations")
@@ -112,7 +134,7 @@ class RunConfig(Strict):
     sampling: SamplingConfig = SamplingConfig()
     training: TrainConfig = TrainConfig()
     evaluate: EvaluateSection = EvaluateSection()
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _check(self):
@@ -128,6 +150,29 @@ class RunConfig(Strict):
         if rule.pointwise and self.rows == "hard":
             raise ValueError(f"{self.algorithm}'s loss is pointwise (one response, target â(y)): use rows: soft")
         return self
+
+    def identity(self, known: dict | None = None, defines: dict | None = None) -> dict:
+        """What defines this run's numbers, key by key (:func:`~comal.llm.run_folder.flatten`): every
+        setting, with each absolute path of :data:`PATH_KEYS` (:func:`load_config` makes them so)
+        replaced by the digest of the file or folder's content, so neither its spelling nor a move
+        matters (a name that is no absolute path, such as the demo's ``testbed``, is kept), and
+        ``defines``: what else sets the numbers (the demo's testbed). ``known`` caches digests
+        (:func:`~comal.llm.run_folder.content_digest`)."""
+        from comal.llm.run_folder import by_content, flatten
+
+        def with_digests(settings: dict) -> dict:  # in place: model_dump's dicts are fresh
+            for part in (settings.get("judge") or {}).get("judges") or []:
+                with_digests({"judge": part})
+            for keys in PATH_KEYS:
+                parent = settings
+                for key in keys[:-1]:
+                    parent = parent.get(key) if isinstance(parent.get(key), dict) else {}
+                if isinstance(parent.get(keys[-1]), str):
+                    parent[keys[-1]] = by_content(parent[keys[-1]], known)
+            return settings
+
+        dump = with_digests(self.model_dump(mode="json"))
+        return flatten({**dump, "defines": defines or {}})
 
     def rule_at(self, t: int) -> Rule:
         """The rule of iteration ``t``: :meth:`rule` with η annealed toward ``eta_final``."""
@@ -167,7 +212,7 @@ def _describe(error: ValidationError) -> str:
         return f"unknown key '{where}'; check its spelling against configs/ and the docs"
     if first["type"] == "missing":
         return f"missing key '{where}'"
-    if first["type"] == "value_error" and not first["loc"]:  # a check across keys: its message names them
+    if first["type"] == "value_error":  # the project's own checks: their messages name the keys
         return str(first["ctx"]["error"])
     return f"'{where}': {first['msg']}"
 

@@ -38,15 +38,33 @@ from comal.llm.config import RunConfig
 from comal.llm.evaluate import checkpoint_responses, mean_length, plot_win_matrix, win_matrix, win_rate
 from comal.llm.judge import Judge, JudgeCache, JudgeQualityWarning, build_judge
 from comal.llm.logprobs import with_pad_token
-from comal.llm.prepare import check_model_folder
+from comal.llm.prepare import check_model_folder, check_tokenizer_folder
 from comal.llm.processes import ONE_PROCESS, Processes, current_processes
 from comal.llm.progress import Bar, no_bar, prefixed
 from comal.llm.run_folder import (
-    RunError, RunFolder, load_rows, write_json, write_on_main, write_sharded, write_together,
+    RunError,
+    RunFolder,
+    load_rows,
+    write_json,
+    write_on_main,
+    write_sharded,
+    write_together,
 )
+from comal.llm.sample import context_limit
 from comal.llm.stages import (
-    RoundEstimates, Sampler, judge_stage, load_prompts, logprobs_stage, merge_judged, merge_logprobs, merge_samples,
-    model_sampler, pairs_stage, prompt_groups, sample_stage, train_stage,
+    RoundEstimates,
+    Sampler,
+    judge_stage,
+    load_prompts,
+    logprobs_stage,
+    merge_judged,
+    merge_logprobs,
+    merge_samples,
+    model_sampler,
+    pairs_stage,
+    prompt_groups,
+    sample_stage,
+    train_stage,
 )
 from comal.rules import CURRENT, REFERENCE, ProxStep, State, heaviest_anchor, rows_policy
 
@@ -371,13 +389,15 @@ def open_run(config: RunConfig, run_dir: str | Path, *, judge: Judge | None = No
              load_model: Callable | None = None, sampler: Sampler | None = None,
              progress: Callable[[str], None] = lambda message: None, bar: Bar = no_bar,
              warn: Callable[[str], None] = lambda message: warnings.warn(message, JudgeQualityWarning),
-             processes: Processes | None = None) -> Run:
+             processes: Processes | None = None, defines: dict | None = None) -> Run:
     """A run with its components loaded as the config names them; the start policy copied in.
 
     ``model``/``tokenizer`` (objects) replace ``model.path``; ``judge`` (any :class:`Judge`) the
     config's judge; ``load_model(path)`` replaces ``AutoModelForCausalLM``; ``sampler`` the
-    sampling backend; ``processes`` those ``accelerate launch`` started (found by default). Only
-    the main process reports progress and warnings.
+    sampling backend; ``processes`` those ``accelerate launch`` started (found by default);
+    ``defines`` what sets the run's numbers besides the config (recorded in its identity). Only
+    the main process reports progress and warnings. Everything that can be checked (the folder,
+    the models, the judge, the prompts) is checked before anything is written.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -389,21 +409,38 @@ def open_run(config: RunConfig, run_dir: str | Path, *, judge: Judge | None = No
     if not processes.main:
         progress, bar, warn = (lambda message: None), no_bar, (lambda message: None)
     folder = RunFolder(run_dir)
+    folder.check_root()
     model_path = Path(config.model.path) if model is not None else check_model_folder(config.model.path, "model.path")
-    tokenizer = with_pad_token(tokenizer or AutoTokenizer.from_pretrained(config.model.tokenizer or model_path))
+    limit = context_limit(model) if model is not None else json.loads((model_path / "config.json").read_text()).get(
+        "max_position_embeddings")
+    if limit is not None and config.sampling.max_new_tokens >= limit:
+        raise RunError(f"sampling.max_new_tokens {config.sampling.max_new_tokens:,} leaves no room for a prompt in "
+                       f"the model's {limit:,}-token context (max_position_embeddings); lower it")
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(check_tokenizer_folder(config.model.tokenizer, "model.tokenizer")
+                                                  if config.model.tokenizer else model_path)
+    tokenizer = with_pad_token(tokenizer)
 
     def load_causal_lm(path: Path):
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
     load_model = load_model or load_causal_lm
-    judge = judge or build_judge(config.judge)  # a bad judge is refused before the run folder is written
+    judge = judge or build_judge(config.judge)
+    sampler = sampler or model_sampler(load_model, tokenizer, config.sampling.backend)
+    run = Run(config, folder, Components(tokenizer, load_model, sampler, judge), progress, bar, warn, processes)
+    run.all_prompts  # read and checked now: a bad file is refused before the folder is written
+    if config.evaluate.prompts is not None:
+        run.evaluation_prompts()
 
     def save_start(out: Path):
         (model if model is not None else load_model(model_path)).save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
 
     if processes.main:
-        folder.adopt(config.model_dump_json(indent=1), lambda saved: RunConfig.model_validate_json(saved) == config)
+        known = json.loads(folder.digests_file.read_text()) if folder.digests_file.is_file() else {}
+        identity = config.identity(known, defines)
+        folder.adopt(config.model_dump_json(indent=1), identity,
+                     lambda saved: RunConfig.model_validate_json(saved).identity(known, defines))
+        write_json(folder.digests_file, known)
     write_on_main(folder.start, save_start, processes)
-    sampler = sampler or model_sampler(load_model, tokenizer, config.sampling.backend)
-    return Run(config, folder, Components(tokenizer, load_model, sampler, judge), progress, bar, warn, processes)
+    return run

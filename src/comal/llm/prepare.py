@@ -91,6 +91,20 @@ def check_model_folder(path: str | Path, key: str) -> Path:
     return path
 
 
+def check_tokenizer_folder(path: str | Path, key: str) -> Path:
+    """``path`` if it is a folder holding a tokenizer ``from_pretrained`` can read; else one line naming ``key``."""
+    from comal.llm.run_folder import RunError
+
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"{key} {path}: no such folder; name a folder saved with tokenizer.save_pretrained")
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                                                     "vocab.json")):
+        raise RunError(f"{key} {path} holds no tokenizer (no tokenizer.json or tokenizer_config.json); "
+                       "name a folder saved with tokenizer.save_pretrained")
+    return path
+
+
 def _load(source: Source):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

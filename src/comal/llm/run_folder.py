@@ -1,6 +1,9 @@
 """The run folder: where every stage's output lives, written atomically, and what is done.
 
-    config.json                  the run's configuration (a folder refuses another one)
+    config.json                  the run's configuration, as given
+    identity.json                what defines its numbers: every setting, files and folders by content digest
+    digests.json                 the digests of the files the run names (each read once, not at every resume)
+    lock                         the pid of the process working in the folder (held with flock)
     start/                       the initial policy (Hugging Face format)
     iter_003/reference/          whether μ ← π_t before this iteration's steps (rules with a reference)
     iter_003/round_current/      sample/ and judge/: one round of samples of a policy, judged
@@ -14,11 +17,18 @@ stopped. Rows are ``datasets`` folders (``<stage>/data``, Arrow). With several p
 stage is first written as ``<stage>.shards/<rank>-of-<count>/`` (each atomically; a resumed run
 keeps the finished ones), then merged by the main process; only the main process writes anything
 else.
+
+A folder is resumed exactly when it would give the same numbers: :meth:`RunFolder.adopt` compares
+the run's identity (its settings, with every file or folder they name replaced by a digest of its
+content, so neither the spelling of a path nor a move matters) with the recorded one and refuses
+another, naming the settings that differ; one process at a time works in a folder (:meth:`RunFolder.lock`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -105,6 +115,65 @@ def load_rows(folder: Path) -> list[dict]:
     return load_from_disk(str(folder / "data")).to_list()
 
 
+def content_digest(path: Path, known: dict | None = None) -> str | None:
+    """A digest (xxh3-128) of a file's bytes, or of a folder's file names and contents; None when
+    ``path`` does not exist. ``known`` maps ``"path size mtime"`` to digests already computed (a
+    model folder is read once per run, not at every resume) and is updated."""
+    import xxhash
+
+    path = Path(path)
+    if path.is_file():
+        stat = path.stat()
+        key = f"{path.resolve()} {stat.st_size} {stat.st_mtime_ns}"
+        if known is None or key not in known:
+            digest = xxhash.xxh3_128()
+            with path.open("rb") as handle:
+                while chunk := handle.read(1 << 24):
+                    digest.update(chunk)
+            if known is None:
+                return digest.hexdigest()
+            known[key] = digest.hexdigest()
+        return known[key]
+    if path.is_dir():
+        digest = xxhash.xxh3_128()
+        for file in sorted(item for item in path.rglob("*") if item.is_file()):
+            digest.update(f"{file.relative_to(path)}\0{content_digest(file, known)}\0".encode())
+        return digest.hexdigest()
+    return None
+
+
+def by_content(path: str, known: dict | None = None) -> str:
+    """An absolute ``path`` as ``"content <digest>"`` of what it names (kept as it is when it names nothing)."""
+    digest = content_digest(Path(path), known) if Path(path).is_absolute() else None
+    return path if digest is None else f"content {digest}"
+
+
+def flatten(settings: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}``: settings compared, and differences named, key by key."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differences(recorded: dict, wanted: dict, shown: int = 3) -> str:
+    """The first settings that differ, as ``key: recorded there, wanted now``."""
+    keys = [key for key in {**recorded, **wanted} if recorded.get(key) != wanted.get(key)]
+    named = [f"{key}: {_short(recorded.get(key))} there, {_short(wanted.get(key))} now" for key in keys[:shown]]
+    return "; ".join(named) + (f"; and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_HELD: dict[Path, object] = {}  # the open lock files of this process (a lock lasts as long as its file is open)
+
+
 class RunFolder:
     """Paths of one run's stages, and the checks that a stage's inputs exist."""
 
@@ -165,10 +234,68 @@ class RunFolder:
                            "or `comal run` to do them in order")
         return path
 
-    def adopt(self, config_json: str, same: Callable[[str], bool]) -> None:
-        """Record the run's configuration, or refuse a folder that holds a run of another one."""
-        if self.config_file.is_file() and not same(self.config_file.read_text()):
-            raise RunError(f"{self.root} holds a run with another configuration; its stages would be reused. "
-                           "Resume it with its own config.json, or choose a new run folder")
-        self.root.mkdir(parents=True, exist_ok=True)
+    @property
+    def identity_file(self) -> Path:
+        return self.root / "identity.json"
+
+    @property
+    def digests_file(self) -> Path:
+        """The content digests of the files the run names, by path, size and modification time."""
+        return self.root / "digests.json"
+
+    def check_root(self) -> None:
+        """Refuse a run folder path that names a file."""
+        if self.root.exists() and not self.root.is_dir():
+            raise RunError(f"{self.root} is a file, not a run folder; choose a folder with --out")
+
+    def refuse_other(self, identity: dict, identity_of_config: Callable[[str], dict]) -> None:
+        """Refuse a folder that holds a run with another identity (a folder from before identities
+        were recorded is compared through its ``config.json``); writes nothing."""
+        self.check_root()
+        if self.identity_file.is_file():
+            recorded = json.loads(self.identity_file.read_text())
+        elif self.config_file.is_file():
+            recorded = identity_of_config(self.config_file.read_text())
+        else:
+            return
+        if recorded != identity:
+            raise RunError(f"{self.root} holds a run with other settings ({differences(recorded, identity)}); "
+                           "its stages would be reused. Resume it with the same settings, or choose a new folder")
+
+    def adopt(self, config_json: str, identity: dict, identity_of_config: Callable[[str], dict]) -> None:
+        """Take the folder for this run: refuse another run's folder, hold the lock, then record the
+        configuration and its identity."""
+        self.refuse_other(identity, identity_of_config)
+        self.lock()
+        self.refuse_other(identity, identity_of_config)  # what a process that held the lock before us wrote
         self.config_file.write_text(config_json)
+        write_json(self.identity_file, identity)
+
+    def lock(self) -> None:
+        """Hold the folder for this process: ``flock`` on ``lock``, which records the pid. A second
+        process is refused at once with that pid; the lock of a process that died is free again (the
+        kernel drops it), so a killed run is resumed without a manual step."""
+        self.check_root()
+        self.root.mkdir(parents=True, exist_ok=True)
+        key = self.root.resolve()
+        if key in _HELD:
+            return
+        handle = (self.root / "lock").open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunError(f"{self.root} is in use by process {holder}; wait for it to finish or stop it "
+                           "(a folder whose process died is taken over)") from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        _HELD[key] = handle
+
+    def unlock(self) -> None:
+        """Let go of the folder (the process ending does the same)."""
+        handle = _HELD.pop(self.root.resolve(), None)
+        if handle is not None:
+            handle.close()

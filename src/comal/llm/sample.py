@@ -15,21 +15,22 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, TopPLogitsWarper
 
 from comal.llm.logprobs import cache_argument, encode, left_padded, prefill
+from comal.settings import STRICT, Seed
 
 
 class SamplingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
-    samples_per_prompt: int = Field(5, ge=1, description="k responses per prompt (the paper: 5)")
+    samples_per_prompt: int = Field(5, ge=1, le=2**31 - 1, description="k responses per prompt (the paper: 5)")
     temperature: float = Field(0.8, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
-    max_new_tokens: int = Field(256, ge=1)
+    max_new_tokens: int = Field(256, ge=1, le=2**20, description="at most the model's context less a prompt")
     batch_size: int = Field(8, ge=1, description="prompts per generate call")
-    seed: int = 0
+    seed: Seed = 0
     long_prompts: Literal["truncate", "skip"] = "truncate"
     backend: Literal["transformers", "vllm"] = Field("transformers", description="vllm where it is installed")
     vllm: dict = Field(default_factory=dict, description="arguments of vllm.LLM (gpu_memory_utilization, "

@@ -13,6 +13,7 @@ it appears in.
 
 from __future__ import annotations
 
+import glob
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -70,7 +71,7 @@ def _prompt_dataset(path: Path, split: str):
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()  # its parser errors reach the user as one RunError line
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parser errors reach the user as one RunError line
     if path.is_dir():
         try:
             loaded = datasets.load_from_disk(str(path))
@@ -91,11 +92,12 @@ def _prompt_dataset(path: Path, split: str):
         raise RunError(f"{path} is one file, whose only split is 'train' (rows may be sliced: train[-200:]), "
                        f"not '{split}'")
     try:
-        return datasets.load_dataset(PROMPT_FORMATS[path.suffix], data_files=str(path), split="train",
+        # data_files are glob patterns: a path holding [ ] * ? is escaped to name only itself
+        return datasets.load_dataset(PROMPT_FORMATS[path.suffix], data_files=glob.escape(str(path)), split="train",
                                      keep_in_memory=True)
     except Exception as error:  # datasets wraps parser errors in several types; name the file either way
-        cause = error.__cause__ or error
-        raise RunError(f"{path}: cannot be read as {path.suffix[1:]} ({str(cause).strip().splitlines()[0][:200]})") from None
+        cause = str(error.__cause__ or error).strip() or type(error.__cause__ or error).__name__
+        raise RunError(f"{path}: cannot be read as {path.suffix[1:]} ({cause.splitlines()[0][:200]})") from None
 
 
 def model_sampler(load_model: Callable[[Path], object], tokenizer, backend: str = "transformers") -> Sampler:

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field, model_validator
 
 from comal.llm.logprobs import Encoded, SequenceLogps, collate
 from comal.llm.losses import step_loss
 from comal.llm.progress import Bar, no_bar
 from comal.rules import ProxStep
+from comal.settings import STRICT, Seed
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class TrainRow:
 
 
 class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     epochs: int = Field(3, ge=1)
     learning_rate: float = Field(5e-7, gt=0)
@@ -50,7 +51,17 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, slower")
     report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list,
                                                            description="accelerate trackers besides metrics.jsonl")
-    seed: int = 0
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _trackers_installed(self):
+        import importlib.util
+
+        missing = [name for name in self.report_to if importlib.util.find_spec(name) is None]
+        if missing:
+            raise ValueError(f"training.report_to: {missing[0]} is not installed; `pip install {missing[0]}` "
+                             "or remove it from report_to")
+        return self
 
 
 def _precision(choice: str) -> str:

@@ -38,7 +38,10 @@ class INPO(Rule):
     @classmethod
     def for_game(cls, scale: float, **overrides) -> "INPO":
         tau = overrides.pop("tau", scale / 4)
-        return cls(**{"eta": stable_eta(tau, scale), "tau": tau, **overrides})
+        if "eta" not in overrides and not tau > 0:
+            raise ValueError(f"inpo: tau must be positive (η·τ is the weight on μ), got {tau}")
+        return cls(**{"eta": overrides.pop("eta") if "eta" in overrides else stable_eta(tau, scale), "tau": tau,
+                      **overrides})
 
     def prox_steps(self):
         mix = self.eta * self.tau

@@ -26,9 +26,11 @@ from pathlib import Path
 from queue import Empty
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field, model_validator
 
 from comal.rules import RULES, Rule, make_rule
+from comal.settings import STRICT, Seed
+from comal.testbed import check_testbed_shape
 
 MEASURES = ("duality_gap", "kl_to_nash", "best_response_win_rate")
 
@@ -36,7 +38,7 @@ MEASURES = ("duality_gap", "kl_to_nash", "best_response_win_rate")
 class AlgorithmSettings(BaseModel):
     """A rule's parameters on the testbed; each left None takes the rule's default for the game."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     eta: float | None = Field(None, gt=0, description="η")
     tau_eta_ratio: float | None = Field(None, ge=0, le=1, description="ητ, the weight on the reference")
@@ -84,23 +86,33 @@ def algorithm_settings(names: Iterable[str]) -> dict[str, AlgorithmSettings]:
 class DemoSettings(BaseModel):
     """The testbed, the shared budget and the algorithms of a demo run."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     tokens: int = Field(4, ge=2, description="content tokens; responses are all tokens**length sequences")
     length: int = Field(2, ge=1, description="content tokens per response (then EOS)")
     prompts: int = Field(2, ge=1)
     game: str = "intransitive"
     game_options: dict = Field(default_factory=lambda: {"rank": 2, "scale": 4.0})
-    game_seed: int = 0
-    seed: int = Field(0, description="start network, sampling and training")
-    iterations: int = Field(50, ge=1, description="rounds of sampling per algorithm (iterations of a one-round rule)")
-    samples_per_prompt: int = Field(16384, ge=2)
+    game_seed: Seed = 0
+    seed: Seed = Field(0, description="start network, sampling and training")
+    iterations: int = Field(50, ge=1, le=10**6, description="rounds of sampling per algorithm (iterations of a "
+                            "one-round rule)")
+    samples_per_prompt: int = Field(16384, ge=2, le=2**31 - 1)
     epochs: int = Field(20, ge=1)
     learning_rate: float = Field(3e-3, gt=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of a fit's steps warming the rate up from 0: "
                                 "AdamW's first steps from fresh moments move every weight by about the full rate")
     batch_size: int = Field(64, ge=1)
     algorithms: dict[str, AlgorithmSettings] = Field(default_factory=lambda: dict(DEFAULT_ALGORITHMS))
+
+    @model_validator(mode="after")
+    def _buildable(self):
+        check_testbed_shape(self.tokens, self.length, self.prompts)
+        return self
+
+    def testbed_identity(self) -> dict:
+        """The settings that make the testbed (its prompts, responses and game)."""
+        return self.model_dump(include={"tokens", "length", "prompts", "game", "game_options", "game_seed"})
 
     def testbed(self):
         from comal.testbed.game import make_testbed
@@ -122,7 +134,7 @@ class DemoSettings(BaseModel):
                       "reference_period": getattr(rule, "period", None), "inner": getattr(rule, "inner", None),
                       "tolerance": getattr(rule, "tolerance", None), "eta_final": self.algorithms[algorithm].eta_final}
         return RunConfig.model_validate({
-            "model": {"path": "testbed"}, "judge": {"path": "testbed"}, "prompts": str(prompts_file),
+            "model": {"path": "testbed"}, "judge": {"path": "testbed"}, "prompts": str(Path(prompts_file).resolve()),
             "algorithm": algorithm, "iterations": iterations, "rows": "soft",
             **{key: value for key, value in parameters.items() if value is not None},
             "sampling": {"samples_per_prompt": self.samples_per_prompt, "max_new_tokens": self.length + 1,
@@ -145,7 +157,7 @@ def run_algorithm(algorithm: str, settings: DemoSettings, out: Path,
     config = settings.run_config(algorithm, out / "prompts.jsonl", testbed.preference)
     load = cached_loader(ConstrainedLlama.from_pretrained)  # tiny models: each checkpoint is read from disk once
     run = open_run(config, out / algorithm, judge=testbed.judge(), model=testbed.initial_policy(settings.seed),
-                   tokenizer=testbed.tokenizer, load_model=load)
+                   tokenizer=testbed.tokenizer, load_model=load, defines={"testbed": settings.testbed_identity()})
     started = time.perf_counter()
     history = {name: [] for name in MEASURES}
     for t in range(config.iterations + 1):
@@ -183,16 +195,48 @@ def _run_in_worker(algorithm: str, settings: DemoSettings, out: Path, queue) -> 
     return run_algorithm(algorithm, settings, out, lambda *update: queue.put(update))
 
 
+def check_demo_folder(settings: DemoSettings, out: Path) -> None:
+    """Refuse, before anything is written, a demo folder that holds another testbed, or an algorithm's
+    run with other settings (the one that differs named); a folder a running demo holds is refused
+    when the demo locks it."""
+    from comal.llm.config import RunConfig
+    from comal.llm.run_folder import RunError, RunFolder, differences
+
+    RunFolder(out).check_root()
+    recorded = out / "testbed.json"
+    if recorded.is_file() and json.loads(recorded.read_text()) != settings.testbed_identity():
+        changed = differences(json.loads(recorded.read_text()), settings.testbed_identity())
+        raise RunError(f"{out} holds a demo of another testbed ({changed}); choose a new --out, or give that "
+                       "testbed's options")
+    prompts = out / "prompts.jsonl"
+    if not prompts.is_file():
+        return  # no algorithm has run here: its stages would have needed the prompts
+    testbed = settings.testbed()
+    defines = {"testbed": settings.testbed_identity()}
+    for algorithm in settings.algorithms:
+        config = settings.run_config(algorithm, prompts, testbed.preference)
+        RunFolder(out / algorithm).refuse_other(config.identity(None, defines),
+                                                lambda saved: RunConfig.model_validate_json(saved).identity(None, defines))
+
+
 def run_demo(settings: DemoSettings, out: Path, *, workers: int = 2,
              report: Callable[[str, int, float], None] | None = None) -> dict:
-    """Run every algorithm of ``settings`` (``workers`` at a time) and write the summary and plots."""
+    """Run every algorithm of ``settings`` (``workers`` at a time) and write the summary and plots.
+    The folder is checked first (:func:`check_demo_folder`) and held by this process while it runs."""
     import multiprocessing
+
+    from comal.llm.run_folder import RunFolder
 
     algorithm_settings(settings.algorithms)  # names checked before anything is written
     quiet_libraries()
-    out.mkdir(parents=True, exist_ok=True)
+    check_demo_folder(settings, out)
+    RunFolder(out).lock()
+    check_demo_folder(settings, out)  # as a demo that held the lock before us left it
+    (out / "testbed.json").write_text(json.dumps(settings.testbed_identity()))
     testbed = settings.testbed()
-    (out / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in testbed.prompts))
+    prompts = "".join(json.dumps({"prompt": p}) + "\n" for p in testbed.prompts)
+    if not (out / "prompts.jsonl").is_file() or (out / "prompts.jsonl").read_text() != prompts:
+        (out / "prompts.jsonl").write_text(prompts)
     started = time.perf_counter()
     if workers <= 1:
         results = {name: run_algorithm(name, settings, out, report) for name in settings.algorithms}

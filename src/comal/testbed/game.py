@@ -13,11 +13,10 @@ import torch
 from comal.games import GENERATORS, best_response_win_rate, duality_gap, kl_divergence, nash_lp
 from comal.llm.judge import ScriptedJudge
 from comal.llm.tiny import tiny_config, tiny_tokenizer
+from comal.testbed import CONTENT_WORDS, PROMPT_WORDS, check_testbed_shape
 from comal.testbed.space import ConstrainedLlama, ResponseSpace, exact_distribution
 
 LP_LIMIT = 1024  # responses per prompt up to which the Nash is solved (HiGHS takes minutes beyond)
-PROMPT_WORDS = ("hello", "world", "please", "write", "say", "which", "answer", "instruction")
-CONTENT_WORDS = ("a", "b", "c", "d", "e", "f", "g", "h")
 
 
 @dataclass
@@ -91,9 +90,7 @@ def make_testbed(*, tokens: int = 4, length: int = 2, prompts: int = 2, game: st
                  seed: int = 0, **game_options) -> Testbed:
     """``prompts`` prompts, ``tokens ** length`` responses each, preferences from ``game``
     (a name of :data:`comal.games.GENERATORS`, given ``game_options``)."""
-    if not 2 <= tokens <= len(CONTENT_WORDS) or not 1 <= prompts <= len(PROMPT_WORDS) or length < 1:
-        raise ValueError(f"the testbed takes 2–{len(CONTENT_WORDS)} tokens, 1–{len(PROMPT_WORDS)} prompts "
-                         "and length ≥ 1")
+    check_testbed_shape(tokens, length, prompts)
     if game not in GENERATORS:
         raise ValueError(f"unknown game '{game}'; choose one of: {', '.join(GENERATORS)}")
     tokenizer = tiny_tokenizer()

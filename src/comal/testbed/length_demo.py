@@ -28,14 +28,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from comal.games import duality_gap, nash_lp
-from comal.llm.progress import Bar, no_bar, prefixed
 from comal.games.generators import paper_3x3
+from comal.llm.progress import Bar, no_bar, prefixed
+from comal.settings import STRICT, Seed
 from comal.testbed.demo import AlgorithmSettings
 from comal.testbed.length_game import (
-    CLASSES, LengthClasses, LengthClassJudge, class_gap, class_shares, token_length,
+    CLASSES,
+    LengthClasses,
+    LengthClassJudge,
+    class_gap,
+    class_shares,
+    token_length,
 )
 
 # Each rule at the setting its sampled tabular rule prefers at the default budget (20 rounds of 4
@@ -50,7 +56,7 @@ DEFAULT_LENGTH_ALGORITHMS = {
 class LengthGameSettings(BaseModel):
     """The model, prompts, budget and algorithms of a length-game run (all saved with it)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     model: str = Field("models/smollm2-135m-instruct", description="a local causal LM folder (`make smollm2`)")
     prompts: str = Field("data/ultrafeedback_prompts_test.jsonl", description="any file `prompts:` takes")
@@ -67,7 +73,7 @@ class LengthGameSettings(BaseModel):
     batch_size: int | None = Field(None, ge=1, description="rows per optimiser step; None: one prompt's "
                                    "k(k − 1)/2 soft rows, so each step forwards that prompt's k responses once")
     lora_rank: int | None = Field(16, ge=1, description="LoRA rank on every linear layer; None: full fine-tune")
-    seed: int = 0
+    seed: Seed = 0
     algorithms: dict[str, AlgorithmSettings] = Field(default_factory=lambda: dict(DEFAULT_LENGTH_ALGORITHMS))
 
     def sampling(self, samples: int, seed: int) -> dict:
@@ -87,8 +93,9 @@ class LengthGameSettings(BaseModel):
                       "reference_period": chosen.reference_period, "inner": chosen.inner,
                       "tolerance": chosen.tolerance, "eta_final": chosen.eta_final}
         config = RunConfig.model_validate({
-            "model": {"path": self.model, "lora": lora}, "judge": {"path": "length-classes"},
-            "prompts": str(prompts_file), "algorithm": algorithm, "iterations": self.rounds, "rows": "soft",
+            "model": {"path": str(Path(self.model).resolve()), "lora": lora}, "judge": {"path": "length-classes"},
+            "prompts": str(Path(prompts_file).resolve()), "algorithm": algorithm, "iterations": self.rounds,
+            "rows": "soft",
             **{key: value for key, value in parameters.items() if value is not None},
             "sampling": self.sampling(self.samples_per_prompt, self.seed),
             "training": {"epochs": self.epochs, "learning_rate": self.learning_rate,
@@ -209,6 +216,7 @@ def run_length_game(settings: LengthGameSettings, out: Path, report: Callable[[s
     from transformers import AutoTokenizer
 
     from comal.llm.prepare import check_model_folder
+    from comal.llm.run_folder import RunFolder, by_content, flatten, write_json
     from comal.testbed.demo import algorithm_settings, quiet_libraries
 
     algorithm_settings(settings.algorithms)  # names checked before anything is written
@@ -216,11 +224,14 @@ def run_length_game(settings: LengthGameSettings, out: Path, report: Callable[[s
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     prompts = choose_prompts(settings, tokenizer)
     quiet_libraries()
-    out.mkdir(parents=True, exist_ok=True)
-    saved = out / "settings.json"
-    if saved.is_file() and LengthGameSettings.model_validate_json(saved.read_text()) != settings:
-        raise ValueError(f"{out} holds a length game with other settings; choose another --out")
-    saved.write_text(settings.model_dump_json(indent=1))
+    folder = RunFolder(out)  # the folder is this game's, under any spelling of its paths: files by content
+    identity = flatten({**settings.model_dump(mode="json"), "model": by_content(str(model_path.resolve())),
+                        "prompts": by_content(str(Path(settings.prompts).resolve()))})
+    folder.refuse_other(identity, lambda saved: {})
+    folder.lock()
+    folder.refuse_other(identity, lambda saved: {})
+    write_json(folder.identity_file, identity)
+    (out / "settings.json").write_text(settings.model_dump_json(indent=1))
     (out / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     started = time.perf_counter()
     calibration = calibrate(settings, prompts, out, model_path, tokenizer, bar)
