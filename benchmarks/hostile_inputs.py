@@ -289,7 +289,44 @@ def folder_cases() -> list[Case]:
                  prepare=finished_then(lambda folder, base: None), watch="prompts.jsonl")]
 
 
-GROUPS = {"game": game_cases, "demo": demo_cases, "config": config_cases, "folder": folder_cases}
+def command_cases() -> list[Case]:
+    """The other commands (plan, status, the stage commands, evaluate, model prepare, length-game)."""
+    def finished(folder: Path) -> None:
+        base = tiny_setup(folder)
+        (folder / "config.yaml").write_text(yaml.safe_dump(base))
+        (folder / "bad.yaml").write_text(yaml.safe_dump({**base, "seed": -1}))
+        (folder / "a_file").write_text("x")
+        done = subprocess.run([sys.executable, "-m", "comal", "run", str(folder / "config.yaml"), "--out",
+                               str(folder / "run")], capture_output=True, text=True, cwd=folder)
+        assert done.returncode == 0, done.stderr
+
+    run = "{dir}/run"
+    commands = {
+        "plan: bad config": ["plan", "{dir}/bad.yaml", "--no-probe"],
+        "plan: missing config": ["plan", "{dir}/nope.yaml", "--no-probe"],
+        "plan: --price-in -1": ["plan", "{dir}/config.yaml", "--no-probe", "--price-in", "-1"],
+        "plan: --price-in nan": ["plan", "{dir}/config.yaml", "--no-probe", "--price-in", "nan"],
+        "status: missing folder": ["status", "{dir}/nope"], "status: a file": ["status", "{dir}/a_file"],
+        "status: not a run": ["status", "{dir}/model"],
+        "sample: -i 99": ["sample", run, "-i", "99"], "sample: -i -1": ["sample", run, "-i", "-1"],
+        "sample: --policy nope": ["sample", run, "-i", "0", "--policy", "nope"],
+        "judge: -i 99": ["judge", run, "-i", "99"], "train: --step nope": ["train", run, "-i", "0", "--step", "nope"],
+        "pairs: a file": ["pairs", "{dir}/a_file", "-i", "0"],
+        "evaluate: no option": ["evaluate", run], "evaluate: no held-out prompts": ["evaluate", run, "-i", "0"],
+        "prepare: missing source": ["model", "prepare", "{dir}/nope.gguf", "--out", "{dir}/m"],
+        "prepare: out not empty": ["model", "prepare", "{dir}/model", "--out", "{dir}/run"],
+        "prepare: a text file": ["model", "prepare", "{dir}/a_file", "--out", "{dir}/m"],
+        "length-game: missing model": ["length-game", "--model", "{dir}/nope", "--out", "{dir}/lg"],
+        "length-game: --rounds 0": ["length-game", "--model", "{dir}/model", "--rounds", "0", "--out", "{dir}/lg"],
+        "length-game: --samples 1": ["length-game", "--model", "{dir}/model", "--samples", "1", "--out", "{dir}/lg"],
+    }
+    cases = [Case("other commands", name, args, prepare=finished, watch="run") for name, args in commands.items()]
+    cases.append(Case("other commands", "status: valid", ["status", run], valid=True, prepare=finished))
+    return cases
+
+
+GROUPS = {"game": game_cases, "demo": demo_cases, "config": config_cases, "folder": folder_cases,
+          "commands": command_cases}
 
 
 # ------------------------------------------------------------------ running and classifying

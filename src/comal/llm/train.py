@@ -55,9 +55,10 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _trackers_installed(self):
-        import importlib.util
+        import accelerate.utils
 
-        missing = [name for name in self.report_to if importlib.util.find_spec(name) is None]
+        installed = {"tensorboard": accelerate.utils.is_tensorboard_available, "wandb": accelerate.utils.is_wandb_available}
+        missing = [name for name in self.report_to if not installed[name]()]
         if missing:
             raise ValueError(f"training.report_to: {missing[0]} is not installed; `pip install {missing[0]}` "
                              "or remove it from report_to")
@@ -149,16 +150,11 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
     they are shared among processes (data-parallel through accelerate: each process forwards its
     part of every micro-batch and the all-reduced gradient is the one-process gradient)."""
     from accelerate import Accelerator
-    from accelerate.utils import is_tensorboard_available, is_wandb_available, set_seed
+    from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
 
     if not rows:
         raise ValueError("no training rows: every prompt was skipped or judged a tie; check the earlier stages")
-    installed = {"tensorboard": is_tensorboard_available(), "wandb": is_wandb_available()}
-    missing = [tracker for tracker in config.report_to if not installed[tracker]]
-    if missing:
-        raise ValueError(f"training.report_to names {missing}, which is not installed; pip install it or "
-                         "remove it from report_to")
     if accelerator is None:
         accelerator = Accelerator(mixed_precision=_precision(config.mixed_precision),
                                   log_with=list(config.report_to) or None,

@@ -19,6 +19,7 @@ plot of the policies (readable up to 64 responses) is left out.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -187,12 +188,32 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def _run_in_worker(algorithm: str, settings: DemoSettings, out: Path, queue) -> dict:
+_progress_queue = None  # a worker's: where its measures go to the demo's process
+
+
+def _start_worker(queue, parent: int) -> None:
+    """A demo worker: it dies with the demo's process (so a killed demo leaves no worker behind that
+    would go on holding its run folder), runs one CPU thread (tiny models gain nothing from more),
+    and reports its measures to ``queue``."""
+    import ctypes
+    import os
+    import signal
+    import sys
+
     import torch
 
-    torch.set_num_threads(1)  # one core per worker: tiny models gain nothing from more
+    global _progress_queue
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the demo died before the line above
+            os._exit(1)
+    _progress_queue = queue
+    torch.set_num_threads(1)
     quiet_libraries()
-    return run_algorithm(algorithm, settings, out, lambda *update: queue.put(update))
+
+
+def _run_in_worker(algorithm: str, settings: DemoSettings, out: Path) -> dict:
+    return run_algorithm(algorithm, settings, out, lambda *update: _progress_queue.put(update))
 
 
 def check_demo_folder(settings: DemoSettings, out: Path) -> None:
@@ -242,9 +263,10 @@ def run_demo(settings: DemoSettings, out: Path, *, workers: int = 2,
         results = {name: run_algorithm(name, settings, out, report) for name in settings.algorithms}
     else:
         context = multiprocessing.get_context("spawn")  # no fork of a process that has used torch
-        with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
-            queue = manager.Queue()
-            futures = {name: pool.submit(_run_in_worker, name, settings, out, queue) for name in settings.algorithms}
+        queue = context.Queue()
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                 initargs=(queue, os.getpid())) as pool:
+            futures = {name: pool.submit(_run_in_worker, name, settings, out) for name in settings.algorithms}
             while not all(future.done() for future in futures.values()) or not queue.empty():
                 try:
                     update = queue.get(timeout=0.2)
