@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -278,8 +277,18 @@ def folder_cases() -> list[Case]:
         holder.stdout.readline()
         (folder / "holder.pid").write_text(str(holder.pid))
 
+    def demo_running(folder: Path) -> None:
+        """A demo at work in folder/d (its lock taken), as a second identical demo starts."""
+        holder = subprocess.Popen([sys.executable, "-m", "comal", *DEMO, "--iterations", "50", "--out", str(folder / "d")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not (folder / "d" / "lock").is_file() or not (folder / "d" / "lock").read_text().strip():
+            time.sleep(0.2)
+        (folder / "holder.pid").write_text(str(holder.pid))
+
     run = ["run", "{dir}/config.yaml", "--out", "{dir}/run"]
-    return [Case("run folder", "other settings", run, prepare=finished_then(other_settings), watch="run"),
+    return [Case("run folder", "a second identical demo", [*DEMO, "--iterations", "50", "--out", "{dir}/d"],
+                 prepare=demo_running),
+            Case("run folder", "other settings", run, prepare=finished_then(other_settings), watch="run"),
             Case("run folder", "prompts changed", run, prepare=finished_then(changed_prompts), watch="run"),
             Case("run folder", "held by a running process", run, prepare=finished_then(held), watch="run"),
             Case("run folder", "prompts moved (same content)", run, valid=True, prepare=finished_then(moved_prompts)),
@@ -421,6 +430,13 @@ def main() -> None:
             console.print(f"{result['outcome']}: {result['group']} / {result['name']}: {result['stderr']}",
                           highlight=False, markup=False)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out.is_file():  # a run of some groups replaces those groups' cases in the saved results
+        rerun = {case.group for group in args.only for case in GROUPS[group]()}
+        results = [c for c in json.loads(args.out.read_text())["cases"] if c["group"] not in rerun] + results
+    counts = {}
+    for result in results:
+        counts.setdefault(result["group"], Counter())[result["outcome"]] += 1
+    total = Counter(r["outcome"] for r in results)
     args.out.write_text(json.dumps({"counts": {g: dict(c) for g, c in counts.items()}, "total": dict(total),
                                     "cases": results}, indent=1))
     console.print(f"saved {args.out}")

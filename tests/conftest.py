@@ -11,6 +11,22 @@ from comal.llm.logprobs import encode
 from comal.llm.tiny import tiny_causal_lm, tiny_tokenizer
 
 
+def comal(*args) -> tuple[int, str, str]:
+    """``comal ARGS`` in this process, as the console script runs it (usage errors included): the
+    exit code, stdout and stderr."""
+    import sys
+
+    from typer.testing import CliRunner
+
+    from comal.cli import run_cli
+
+    with CliRunner().isolation() as (out, err, _):
+        code = run_cli([str(arg) for arg in args])
+        sys.stdout.flush()
+        sys.stderr.flush()
+        return code, out.getvalue().decode(), err.getvalue().decode()
+
+
 def save_tiny_policy(folder: Path, seed: int = 0) -> Path:
     """A tiny Llama and its word-level tokenizer as a Hugging Face folder (``model.path`` of a config)."""
     tokenizer = tiny_tokenizer()

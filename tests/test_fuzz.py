@@ -6,33 +6,20 @@ run leaves no folder behind."""
 import json
 import math
 import os
-import sys
 
 import numpy as np
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
-from typer.testing import CliRunner
 
-from comal.cli import run_cli
 from comal.llm.config import ConfigError, load_config
 from comal.rules import RULES
+from conftest import comal
 
 # COMAL_FUZZ_EXAMPLES=2000 hunts longer than the suite's 100 per property
 FUZZ = settings(max_examples=int(os.environ.get("COMAL_FUZZ_EXAMPLES", 100)), deadline=None,
                 suppress_health_check=list(HealthCheck))
-runner = CliRunner()
-
-
-def comal(*args) -> tuple[int, str, str]:
-    with runner.isolation() as (out, err, _):
-        code = run_cli([str(arg) for arg in args])
-        sys.stdout.flush()
-        sys.stderr.flush()
-        return code, out.getvalue().decode(), err.getvalue().decode()
-
-
 def strict_json(text: str):
     return json.loads(text, parse_constant=lambda name: (_ for _ in ()).throw(AssertionError(f"{name} in the output")))
 

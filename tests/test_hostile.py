@@ -12,23 +12,10 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from comal.cli import run_cli
 from comal.games import random_intransitive
 from comal.llm.run_folder import RunError, RunFolder
-from conftest import save_tiny_policy, write_prompts
-
-runner = CliRunner()
-
-
-def comal(*args) -> tuple[int, str, str]:
-    """``comal ARGS`` in this process, as the console script runs it: exit code, stdout, stderr."""
-    with runner.isolation() as (out, err, _):
-        code = run_cli([str(arg) for arg in args])
-        sys.stdout.flush()
-        sys.stderr.flush()
-        return code, out.getvalue().decode(), err.getvalue().decode()
+from conftest import comal, save_tiny_policy, write_prompts
 
 
 def refused(code: int, err: str, *expected: str) -> bool:
@@ -151,6 +138,9 @@ def tiny_config(folder, **changes) -> dict:
     ({"prompts": "empty.jsonl"}, "empty.jsonl"),
     ({"evaluate__prompts": "empty.jsonl"}, "empty.jsonl"),
     ({"iterations": 10**30}, "'iterations'"),
+    ({"evaluate__split": "train[x]"}, "split 'train[x]' is not a split name"),
+    ({"sampling__max_new_tokens": 600}, "sampling.max_new_tokens 600 leaves no room for a prompt"),
+    ({"model__lora": {"r": -1}}, "model.lora: r must be a positive integer"),
 ])
 def test_a_bad_config_is_refused_before_the_run_folder_is_written(tmp_path, changes, expected):
     if changes.get("training__report_to") and __import__("importlib").util.find_spec("wandb"):
@@ -211,8 +201,18 @@ def test_large_games_skip_the_lp_unless_asked_and_a_time_limit_stops_it(tmp_path
     payload = json.loads(out)
     assert payload["kl_to_nash"] is None and 0 < payload["duality_gap"] < 1
     code, out, err = comal("game", "nash", path, "--time-limit", "0.5")
-    assert code == 1 and "the Nash LP did not finish within 0.5 s" in err and not out
+    assert code == 1 and "the Nash LP did not finish within 0.5 s (0 of 1 prompts solved" in err and not out
     assert refused(*comal("game", "nash", path, "--time-limit", "0")[::2], "--time-limit must be a positive")
+    stack = tmp_path / "many.npy"  # many small LPs: the limit holds across prompts too
+    np.save(stack, np.full((100_000, 2, 2), 0.5))
+    code, out, err = comal("game", "nash", stack, "--time-limit", "1")
+    assert code == 1 and "the Nash LP did not finish within 1 s" in err and "of 100,000 prompts solved" in err
+
+
+def test_plan_refuses_negative_prices(tmp_path):
+    tiny_config(tmp_path)
+    code, _, err = comal("plan", tmp_path / "config.yaml", "--no-probe", "--price-in", "-1")
+    assert refused(code, err, "--price-in must be a non-negative number")
 
 
 def test_an_infinite_kl_is_null_in_strict_json(tmp_path):

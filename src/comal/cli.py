@@ -467,6 +467,9 @@ def plan_command(config: Path = typer.Argument(..., help="YAML run configuration
     from comal.llm.config import load_config
     from comal.llm.plan import plan
 
+    for option, price in (("--price-in", price_in), ("--price-out", price_out)):
+        if price is not None and not 0 <= price < float("inf"):
+            raise ValueError(f"{option} must be a non-negative number of dollars per million tokens, got {price}")
     result = plan(load_config(config), probe, price_in, price_out)
     if as_json:
         console.print_json(json.dumps(result))

@@ -36,5 +36,5 @@ __all__ = [
     "GENERATORS", "GameError", "RegularizedNash", "advantage", "advantage_from_draws", "as_game", "best_response_win_rate",
     "bradley_terry", "bradley_terry_cyclic", "duality_gap", "fixed_point_residual",
     "gap_from_advantage", "interior_nash", "kl_divergence", "load_game", "nash_lp", "paper_3x3", "payoff_scale",
-    "random_intransitive", "regularized_nash", "rotation_speed", "sampled_advantage", "win_rates",
+    "random_intransitive", "regularized_nash", "rotation_speed", "sampled_advantage", "TimeLimitReached", "win_rates",
 ]

@@ -26,6 +26,12 @@ class TimeLimitReached(RuntimeError):
     """The LP did not finish within the time it was given."""
 
 
+def _out_of_time(time_limit: float, solved: int, prompts: int, n: int) -> TimeLimitReached:
+    return TimeLimitReached(f"the Nash LP did not finish within {time_limit:g} s ({solved} of {prompts:,} prompts "
+                            f"solved, {n:,} actions); raise --time-limit, or let `game run` measure the gap "
+                            "without it (--no-nash)")
+
+
 def nash_lp(game: np.ndarray, time_limit: float | None = None,
             on_prompt: Callable[[int], None] | None = None) -> np.ndarray:
     """Nash policy of each prompt's symmetric game by linear programming (HiGHS).
@@ -48,12 +54,14 @@ def nash_lp(game: np.ndarray, time_limit: float | None = None,
         # v − (Aᵀ π)_j ≤ 0 for every column j
         upper = np.concatenate([-payoff.T, np.ones((n, 1))], axis=1)
         if time_limit is not None:
-            options["time_limit"] = max(time_limit - (time.perf_counter() - started), 1e-3)
+            left = time_limit - (time.perf_counter() - started)
+            if left <= 0:
+                raise _out_of_time(time_limit, x, prompts, n)
+            options["time_limit"] = left
         result = linprog(cost, A_ub=upper, b_ub=np.zeros(n), A_eq=equality, b_eq=[1.0],
                          bounds=bounds, method="highs", options=options)
         if result.status == 1 and time_limit is not None:
-            raise TimeLimitReached(f"the Nash LP did not finish within {time_limit:g} s (prompt {x + 1} of {prompts}, "
-                                   f"{n:,} actions); raise --time-limit, or let `game run` measure the gap without it (--no-nash)")
+            raise _out_of_time(time_limit, x, prompts, n)
         if result.status != 0:  # a symmetric matrix game always has a solution
             raise RuntimeError(f"LP solver failed on prompt {x}: {result.message}")
         policy = np.clip(result.x[:n], 0.0, None)

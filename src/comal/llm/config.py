@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Literal, Optional
+import re
+from typing import Annotated, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, model_validator
 
 from comal.llm.sample import SamplingConfig
 from comal.llm.train import TrainConfig
@@ -27,6 +28,19 @@ from comal.settings import STRICT, Seed
 JUDGE_SCALE = 0.5  # max |P − 1/2| of a judge with values in [0, 1]: the scale rule defaults are set for
 NOT_RULES = {"dpo": "DPO's minimiser is a Bradley-Terry fit, not a step of the preference game; "
                     "use ipo (IPO against the fixed start policy)"}
+
+
+SPLIT = re.compile(r"^(?P<name>[\w.-]+)(?:\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?$")  # train, train[-200:]
+
+
+def split_name(split: str) -> str:
+    """``split`` if it is a split name with an optional row slice (``train``, ``train[:1700]``)."""
+    if SPLIT.match(split) is None:
+        raise ValueError(f"split '{split}' is not a split name with an optional row slice, e.g. train or train[-200:]")
+    return split
+
+
+Split = Annotated[str, AfterValidator(split_name)]
 
 
 class ConfigError(ValueError):
@@ -108,7 +122,7 @@ class JudgeSection(Strict):
 
 class EvaluateSection(Strict):
     prompts: Optional[str] = Field(None, description="held-out prompts, in any form 'prompts' takes")
-    split: str = Field("train", description="the split (and rows, e.g. train[-200:]) of the held-out prompts")
+    split: Split = Field("train", description="the split (and rows, e.g. train[-200:]) of the held-out prompts")
     max_prompts: int = Field(64, ge=1)
 
 
@@ -117,7 +131,7 @@ class RunConfig(Strict):
     judge: JudgeSection
     prompts: str = Field(description="a local .jsonl, .json, .parquet or .csv file, or a save_to_disk folder")
     prompt_field: str = Field("prompt", description="the column that holds the prompt text")
-    prompt_split: str = Field("train", description="the split of a saved DatasetDict folder, and rows: train[:1700]")
+    prompt_split: Split = Field("train", description="the split of a saved DatasetDict folder, and rows: train[:1700]")
     prompts_per_iteration: Optional[int] = Field(None, ge=1, description="default: all prompts each iteration")
     algorithm: str = Field("comal", description="a rule of comal.rules.RULES")
     iterations: int = Field(24, ge=1, le=10**6)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import glob
 import json
-import re
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from comal.llm.config import SPLIT
 from comal.llm.judge import Judge, JudgeCache, judge_quality, judge_samples, judge_warning
 from comal.llm.logprobs import Encoded, batched_logps, encode
 from comal.llm.pairs import estimated_advantages, hard_rows, pointwise_rows, soft_rows
@@ -37,7 +37,6 @@ Sampler = Callable[[Path, Sequence[str], SamplingConfig, Advance], Samples]  # a
 PROMPT_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
-SPLIT = re.compile(r"^(?P<name>[\w.-]+)(?:\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?$")
 
 
 def load_prompts(path: str | Path, field: str = "prompt", split: str | None = None) -> list[str]:
