@@ -430,9 +430,9 @@ def main() -> None:
             console.print(f"{result['outcome']}: {result['group']} / {result['name']}: {result['stderr']}",
                           highlight=False, markup=False)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.out.is_file():  # a run of some groups replaces those groups' cases in the saved results
-        rerun = {case.group for group in args.only for case in GROUPS[group]()}
-        results = [c for c in json.loads(args.out.read_text())["cases"] if c["group"] not in rerun] + results
+    if args.out.is_file():  # a run of some cases replaces those cases in the saved results
+        rerun = {(result["group"], result["name"]) for result in results}
+        results = [c for c in json.loads(args.out.read_text())["cases"] if (c["group"], c["name"]) not in rerun] + results
     counts = {}
     for result in results:
         counts.setdefault(result["group"], Counter())[result["outcome"]] += 1

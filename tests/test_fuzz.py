@@ -118,7 +118,7 @@ def test_any_option_values_give_a_finite_run_or_one_line_naming_the_option(tmp_p
         return
     code, out, err = comal("game", "run", path, *arguments, "--json")
     named = [name for name in options] + ["--algorithm", "--iterations", "inner", "init", "algorithm", "eta", "tau",
-                                          "Nash LP"]
+                                          "η", "τ", "Nash LP"]  # the rules' messages name η and τ as the papers do
     assert_contract(code, out, err, *named)
 
 
