@@ -11,9 +11,9 @@ whose preferences span [0, 1] (payoff scale 1/2); one that the rule does not hav
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields
 from pathlib import Path
-import re
 from typing import Annotated, Literal, Optional
 
 import yaml

@@ -42,29 +42,12 @@ from comal.llm.prepare import check_model_folder, check_tokenizer_folder
 from comal.llm.processes import ONE_PROCESS, Processes, current_processes
 from comal.llm.progress import Bar, no_bar, prefixed
 from comal.llm.run_folder import (
-    RunError,
-    RunFolder,
-    load_rows,
-    write_json,
-    write_on_main,
-    write_sharded,
-    write_together,
+    RunError, RunFolder, load_rows, write_json, write_on_main, write_sharded, write_together,
 )
 from comal.llm.sample import context_limit
 from comal.llm.stages import (
-    RoundEstimates,
-    Sampler,
-    judge_stage,
-    load_prompts,
-    logprobs_stage,
-    merge_judged,
-    merge_logprobs,
-    merge_samples,
-    model_sampler,
-    pairs_stage,
-    prompt_groups,
-    sample_stage,
-    train_stage,
+    RoundEstimates, Sampler, judge_stage, load_prompts, logprobs_stage, merge_judged, merge_logprobs, merge_samples,
+    model_sampler, pairs_stage, prompt_groups, sample_stage, train_stage,
 )
 from comal.rules import CURRENT, REFERENCE, ProxStep, State, heaviest_anchor, rows_policy
 
@@ -439,8 +422,8 @@ def open_run(config: RunConfig, run_dir: str | Path, *, judge: Judge | None = No
     if processes.main:
         known = json.loads(folder.digests_file.read_text()) if folder.digests_file.is_file() else {}
         identity = config.identity(known, defines)
-        folder.adopt(config.model_dump_json(indent=1), identity,
-                     lambda saved: RunConfig.model_validate_json(saved).identity(known, defines))
+        folder.adopt(identity, lambda saved: RunConfig.model_validate_json(saved).identity(known, defines),
+                     config.model_dump_json(indent=1))
         write_json(folder.digests_file, known)
     write_on_main(folder.start, save_start, processes)
     return run

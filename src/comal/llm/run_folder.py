@@ -262,13 +262,19 @@ class RunFolder:
             raise RunError(f"{self.root} holds a run with other settings ({differences(recorded, identity)}); "
                            "its stages would be reused. Resume it with the same settings, or choose a new folder")
 
-    def adopt(self, config_json: str, identity: dict, identity_of_config: Callable[[str], dict]) -> None:
-        """Take the folder for this run: refuse another run's folder, hold the lock, then record the
-        configuration and its identity."""
-        self.refuse_other(identity, identity_of_config)
+    def take(self, check: Callable[[], None]) -> None:
+        """Hold the folder once ``check()`` passes: checked before anything is written (a refused
+        folder is left as it was), then again under the lock, as a process that held it before us left it."""
+        check()
         self.lock()
-        self.refuse_other(identity, identity_of_config)  # what a process that held the lock before us wrote
-        self.config_file.write_text(config_json)
+        check()
+
+    def adopt(self, identity: dict, identity_of_config: Callable[[str], dict], config_json: str | None = None) -> None:
+        """Take the folder for this run (:meth:`take`, refusing another run's), then record its
+        identity and its configuration (when it has one)."""
+        self.take(lambda: self.refuse_other(identity, identity_of_config))
+        if config_json is not None:
+            self.config_file.write_text(config_json)
         write_json(self.identity_file, identity)
 
     def lock(self) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from comal.llm.config import SPLIT
+from comal.llm.config import SPLIT, split_name
 from comal.llm.judge import Judge, JudgeCache, judge_quality, judge_samples, judge_warning
 from comal.llm.logprobs import Encoded, batched_logps, encode
 from comal.llm.pairs import estimated_advantages, hard_rows, pointwise_rows, soft_rows
@@ -37,16 +37,15 @@ Sampler = Callable[[Path, Sequence[str], SamplingConfig, Advance], Samples]  # a
 PROMPT_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
-
-
 def load_prompts(path: str | Path, field: str = "prompt", split: str | None = None) -> list[str]:
     """The ``field`` text of the rows of a local dataset: a ``.jsonl`` / ``.json`` / ``.parquet`` /
     ``.csv`` file (read by ``datasets``; its one split is ``train``), or a folder written by
     ``Dataset.save_to_disk`` (a ``DatasetDict`` folder gives its ``split``, default ``train``). A
     split may take a slice of rows, ``train[:1700]`` or ``train[-200:]``, as ``datasets`` writes it."""
-    match = SPLIT.match(split or "train")
-    if match is None:
-        raise RunError(f"split '{split}' is not a split name with an optional row slice, e.g. train or train[-200:]")
+    try:
+        match = SPLIT.match(split_name(split or "train"))
+    except ValueError as error:
+        raise RunError(str(error)) from None
     dataset = _prompt_dataset(Path(path), match["name"])
     rows = range(len(dataset))[slice(*(int(match[k]) if match[k] else None for k in ("start", "stop")))]
     if match["start"] is not None or match["stop"] is not None:

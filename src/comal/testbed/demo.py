@@ -196,7 +196,6 @@ def _start_worker(queue, parent: int) -> None:
     would go on holding its run folder), runs one CPU thread (tiny models gain nothing from more),
     and reports its measures to ``queue``."""
     import ctypes
-    import os
     import signal
     import sys
 
@@ -250,9 +249,7 @@ def run_demo(settings: DemoSettings, out: Path, *, workers: int = 2,
 
     algorithm_settings(settings.algorithms)  # names checked before anything is written
     quiet_libraries()
-    check_demo_folder(settings, out)
-    RunFolder(out).lock()
-    check_demo_folder(settings, out)  # as a demo that held the lock before us left it
+    RunFolder(out).take(lambda: check_demo_folder(settings, out))
     (out / "testbed.json").write_text(json.dumps(settings.testbed_identity()))
     testbed = settings.testbed()
     prompts = "".join(json.dumps({"prompt": p}) + "\n" for p in testbed.prompts)

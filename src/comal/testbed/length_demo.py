@@ -216,7 +216,7 @@ def run_length_game(settings: LengthGameSettings, out: Path, report: Callable[[s
     from transformers import AutoTokenizer
 
     from comal.llm.prepare import check_model_folder
-    from comal.llm.run_folder import RunFolder, by_content, flatten, write_json
+    from comal.llm.run_folder import RunFolder, by_content, flatten
     from comal.testbed.demo import algorithm_settings, quiet_libraries
 
     algorithm_settings(settings.algorithms)  # names checked before anything is written
@@ -227,10 +227,7 @@ def run_length_game(settings: LengthGameSettings, out: Path, report: Callable[[s
     folder = RunFolder(out)  # the folder is this game's, under any spelling of its paths: files by content
     identity = flatten({**settings.model_dump(mode="json"), "model": by_content(str(model_path.resolve())),
                         "prompts": by_content(str(Path(settings.prompts).resolve()))})
-    folder.refuse_other(identity, lambda saved: {})
-    folder.lock()
-    folder.refuse_other(identity, lambda saved: {})
-    write_json(folder.identity_file, identity)
+    folder.adopt(identity, lambda saved: {})
     (out / "settings.json").write_text(settings.model_dump_json(indent=1))
     (out / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     started = time.perf_counter()
