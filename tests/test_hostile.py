@@ -153,6 +153,23 @@ def test_a_bad_config_is_refused_before_the_run_folder_is_written(tmp_path, chan
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("accelerate, expected", [
+    ("distributed_type: FSDP\nfsdp_config: {fsdp_version: 2}\n", "weights sharded (FSDP, DeepSpeed ZeRO-3)"),
+    ("distributed_type: DEEPSPEED\ndeepspeed_config: {zero_stage: 3}\n", "weights sharded (FSDP, DeepSpeed ZeRO-3)"),
+    ("- not\n- a mapping\n", "expected a mapping of accelerate settings"),
+    ("distributed_type: [unclosed\n", "not a YAML file"),
+])
+def test_an_accelerate_config_the_loop_cannot_train_under_is_refused_before_the_launch(tmp_path, accelerate, expected):
+    """On a CPU machine accelerate would not even shard (it enables FSDP on accelerator devices only)
+    and would train data-parallel instead; on GPUs the checkpoint would need a gathered save."""
+    tiny_config(tmp_path)
+    (tmp_path / "accelerate.yaml").write_text(accelerate)
+    code, _, err = comal("run", tmp_path / "config.yaml", "--out", tmp_path / "run",
+                         "--accelerate-config", tmp_path / "accelerate.yaml")
+    assert refused(code, err, expected), err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_run_folder_is_its_run_under_any_spelling_and_after_its_files_move(tmp_path):
     tiny_config(tmp_path)
     code, _, err = comal("run", tmp_path / "config.yaml", "--out", tmp_path / "run")

@@ -418,7 +418,7 @@ def run_pipeline(config: Path = typer.Argument(..., help="YAML run configuration
                  processes: int = typer.Option(1, min=1, help="processes on this machine (accelerate launch): "
                                                "sampling, judging and log-probs shared by prompt, training data-parallel"),
                  accelerate_config: Optional[Path] = typer.Option(
-                     None, help="an accelerate config file for the launch (configs/accelerate/: DDP, ZeRO, FSDP)")):
+                     None, help="an accelerate config file for the launch (configs/accelerate/: DDP, ZeRO-2)")):
     """Run the whole loop; a rerun on the same folder resumes where it stopped."""
     from comal.llm.config import load_config
     from comal.llm.loop import open_run
@@ -435,14 +435,35 @@ def run_pipeline(config: Path = typer.Argument(..., help="YAML run configuration
         console.print(f"finished {settings.iterations} iterations in {run_dir}")
 
 
+def _check_accelerate_config(config_file: Path) -> None:
+    """Refuse, before the launch, an accelerate config this loop cannot train under: weights sharded
+    across processes (FSDP, DeepSpeed ZeRO-3), whose checkpoint would need a gathered save."""
+    import yaml
+
+    if not config_file.is_file():
+        raise ValueError(f"--accelerate-config {config_file}: no such file (see configs/accelerate/)")
+    try:
+        settings = yaml.safe_load(config_file.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ValueError(f"--accelerate-config {config_file}: not a YAML file ({type(error).__name__})") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"--accelerate-config {config_file}: expected a mapping of accelerate settings")
+    deepspeed = settings.get("deepspeed_config") or {}
+    if settings.get("distributed_type") == "FSDP" or (
+            settings.get("distributed_type") == "DEEPSPEED" and isinstance(deepspeed, dict)
+            and str(deepspeed.get("zero_stage")) == "3"):
+        raise ValueError(f"--accelerate-config {config_file}: training with the weights sharded (FSDP, DeepSpeed "
+                         "ZeRO-3) is not supported yet; use configs/accelerate/ddp.yaml or zero2.yaml")
+
+
 def _launch(arguments: list[str], processes: int, config_file: Path | None) -> int:
     """``accelerate launch`` of ``comal ARGUMENTS`` on ``processes`` processes of this machine (gloo
     on CPUs, NCCL on GPUs; ``config_file`` sets the rest); its exit code."""
     import socket
     import subprocess
 
-    if config_file is not None and not config_file.is_file():
-        raise ValueError(f"--accelerate-config {config_file}: no such file (see configs/accelerate/)")
+    if config_file is not None:
+        _check_accelerate_config(config_file)
     with socket.socket() as probe:  # a free port, so that two runs on one machine do not collide
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
