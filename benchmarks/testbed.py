@@ -3,7 +3,7 @@
 Every algorithm draws the same samples per prompt (``--rounds`` rounds of ``--samples``; a rule
 that samples twice an iteration runs half the iterations). Settings: each rule's best configuration
 in ``benchmarks/results/testbed_sweep.json`` (the sampled rule with perfect fits, 48
-configurations each), unless ``--comal`` overrides COMAL's. Run folders are the demo's own
+configurations each, chosen by the mean over 15 runs), unless ``--comal`` overrides COMAL's. Run folders are the demo's own
 (resumable). Saves ``benchmarks/results/testbed.json``: per seed and algorithm the rule's
 parameters, samples drawn, the exact gap per iteration and the final exact policy; once the
 preference matrices and the LP Nash, so every gap can be recomputed without this project; and
