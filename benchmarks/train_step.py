@@ -12,8 +12,14 @@ sizes: a 4-layer Llama with hidden size 256, and SmolLM2-135M's architecture (ra
 from its configuration: 30 layers, hidden 576, a 49,152-token vocabulary). Also sampling and
 judging throughput (sequences/s) at batch sizes 1, 8, 32 at the small size. Prints and saves JSON.
 
+A CPU virtual machine's speed drifts by up to a quarter over minutes, so with ``--repeats R`` every
+size and shape runs R rounds of all four variants, each round starting one variant later (in round
+r the variants run in the order rotated by r), and the saved ratio of each pairing is the median of
+its R per-round ratios (each round's ratios are saved as well).
+
     python benchmarks/train_step.py                  # needs trl (a benchmark-only extra)
     python benchmarks/train_step.py --sizes tiny --shapes pairs --pairs 32
+    python benchmarks/train_step.py --repeats 3      # benchmarks/results/train_step.json (about 50 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -157,6 +164,13 @@ def compare(results: dict) -> dict:
             for mine in ("comal", "comal-checkpointing") for peer in ("trl-reference-model", "trl-precomputed")}
 
 
+def median_ratios(rounds: list[dict]) -> dict:
+    """Each pairing's median over rounds of its per-round ratios (:func:`compare` of each round)."""
+    per_round = [compare(results) for results in rounds]
+    return {pairing: {metric: statistics.median(r[pairing][metric] for r in per_round) for metric in ratio}
+            for pairing, ratio in per_round[0].items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=VARIANTS + ("throughput",), help="run one variant (internal)")
@@ -169,6 +183,7 @@ def main() -> None:
     parser.add_argument("--response-words", type=int, default=48)
     parser.add_argument("--eta", type=float, default=10.0)
     parser.add_argument("--tau-eta-ratio", type=float, default=1 / 3)
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of all variants, in rotated order")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train_step.json")
     args = parser.parse_args()
     tokenizer = tiny_tokenizer()
@@ -183,23 +198,28 @@ def main() -> None:
         return
     sizes = {}
     passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                   if k not in ("variant", "out", "size", "sizes", "shape", "shapes")]
+                   if k not in ("variant", "out", "size", "sizes", "shape", "shapes", "repeats")]
     run = lambda variant, size, shape: json.loads(subprocess.run(
         [sys.executable, __file__, "--variant", variant, "--size", size, "--shape", shape, *passthrough],
         capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
     for size in args.sizes:
         sizes[size] = {"model": SIZES[size], "shapes": {}}
         for shape in args.shapes:
-            results = {}
-            for variant in VARIANTS:
-                r = results[variant] = run(variant, size, shape)
-                print(f"{size} {shape} {variant:>20}: {r['tokens'] / (r['train_s'] + r.get('anchors_s', 0)):8.0f} "
-                      f"tokens/s, peak memory {r['peak_memory_mb']:7.1f} MB", flush=True)
-            ratios = compare(results)
+            rounds = []
+            for round_number in range(args.repeats):
+                results = {}
+                for variant in VARIANTS[round_number % 4:] + VARIANTS[:round_number % 4]:
+                    r = results[variant] = run(variant, size, shape)
+                    print(f"{size} {shape} round {round_number} {variant:>20}: "
+                          f"{r['tokens'] / (r['train_s'] + r.get('anchors_s', 0)):8.0f} tokens/s, "
+                          f"peak memory {r['peak_memory_mb']:7.1f} MB", flush=True)
+                rounds.append({variant: results[variant] for variant in VARIANTS})
+            ratios = median_ratios(rounds)
             for pairing, ratio in ratios.items():
                 print(f"{size} {shape} {pairing}: throughput {ratio['throughput']:.2f}×, "
-                      f"peak memory {ratio['peak_memory']:.2f}×")
-            sizes[size]["shapes"][shape] = {"results": results, "ratios": ratios}
+                      f"peak memory {ratio['peak_memory']:.2f}×" + (" (medians)" if args.repeats > 1 else ""))
+            sizes[size]["shapes"][shape] = {"results": rounds[0], "ratios": ratios} if args.repeats == 1 else \
+                {"rounds": rounds, "ratios_per_round": [compare(results) for results in rounds], "ratios": ratios}
         if size == "tiny":
             sizes[size]["throughput"] = run("throughput", size, "pairs")
             for batch, row in sizes[size]["throughput"].items():
