@@ -1,7 +1,8 @@
 """Training throughput and peak memory: comal's INPO/COMAL step against TRL's DPOTrainer with
 ``loss_type="ipo"`` (holding a reference model, and with precomputed reference log-probs), on the
 same model, data and batch; comal with and without activation checkpointing, which TRL's
-DPOConfig turns on by default. Each variant runs in its own process so peak memory is its own,
+DPOConfig turns on by default, and with checkpointing but without forwarding a prompt once for
+the responses that share it (``training.share_prompts: false``), to show what that saves. Each variant runs in its own process so peak memory is its own,
 counted from before any model is built (the weights, and TRL's reference copy, included). Every
 cost is timed on both sides: comal's encoding of the rows and its anchors' log-probs; TRL's
 trainer construction, which tokenises the dataset and (TRL ≥ 1.1) precomputes the reference
@@ -13,13 +14,13 @@ from its configuration: 30 layers, hidden 576, a 49,152-token vocabulary). Also 
 judging throughput (sequences/s) at batch sizes 1, 8, 32 at the small size. Prints and saves JSON.
 
 A CPU virtual machine's speed drifts by up to a quarter over minutes, so with ``--repeats R`` every
-size and shape runs R rounds of all four variants, each round starting one variant later (in round
+size and shape runs R rounds of all five variants, each round starting one variant later (in round
 r the variants run in the order rotated by r), and the saved ratio of each pairing is the median of
 its R per-round ratios (each round's ratios are saved as well).
 
     python benchmarks/train_step.py                  # needs trl (a benchmark-only extra)
     python benchmarks/train_step.py --sizes tiny --shapes pairs --pairs 32
-    python benchmarks/train_step.py --repeats 3      # benchmarks/results/train_step.json (about 50 min on 2 cores)
+    python benchmarks/train_step.py --repeats 3      # benchmarks/results/train_step.json (about an hour on 2 cores)
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ import torch
 
 from comal.llm.tiny import WORDS, tiny_config, tiny_tokenizer
 
-VARIANTS = ("comal", "comal-checkpointing", "trl-reference-model", "trl-precomputed")
+VARIANTS = ("comal", "comal-checkpointing", "comal-checkpointing-unshared", "trl-reference-model", "trl-precomputed")
+COMAL_VARIANTS = VARIANTS[:3]
 SIZES = {  # LlamaConfig fields over tiny_config's
     "tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=4),
@@ -78,7 +80,7 @@ def build_model(tokenizer, size: str):
     return LlamaForCausalLM(tiny_config(tokenizer, **SIZES[size]))
 
 
-def run_comal(args, tokenizer, data, checkpointing: bool) -> dict:
+def run_comal(args, tokenizer, data, checkpointing: bool, share_prompts: bool = True) -> dict:
     from comal.llm.logprobs import encode
     from comal.llm.stages import distinct_logps
     from comal.llm.train import TrainConfig, TrainRow, train
@@ -96,14 +98,15 @@ def run_comal(args, tokenizer, data, checkpointing: bool) -> dict:
     firsts = [encode_text(row["prompt"], row["chosen"]) for row in data]
     seconds = [encode_text(row["prompt"], row["rejected"]) for row in data]
     # anchors: log-probs of π_t and μ (both the start model here), once per distinct response
-    logps = distinct_logps(model, firsts + seconds, tokenizer.pad_token_id, args.batch)
+    logps = distinct_logps(model, firsts + seconds, tokenizer.pad_token_id, args.batch, share_prompts=share_prompts)
     anchor_first, anchor_second = [logps[f] for f in firsts], [logps[s] for s in seconds]
     anchors_seconds = time.perf_counter() - start
     rows = [TrainRow(f, {"current": a, "reference": a}, 0.5, s, {"current": b, "reference": b})
             for f, s, a, b in zip(firsts, seconds, anchor_first, anchor_second)]
     start = time.perf_counter()
     train(model, rows, step, TrainConfig(epochs=1, batch_size=args.batch, learning_rate=1e-5, warmup_ratio=0.0,
-                                          mixed_precision="no", gradient_checkpointing=checkpointing),
+                                          mixed_precision="no", gradient_checkpointing=checkpointing,
+                                          share_prompts=share_prompts),
           pad_id=tokenizer.pad_token_id)
     train_seconds = time.perf_counter() - start
     tokens = sum(len(f.ids) + len(s.ids) for f, s in zip(firsts, seconds))
@@ -161,7 +164,7 @@ def compare(results: dict) -> dict:
     rate = lambda r: r["tokens"] / (r["train_s"] + r.get("anchors_s", 0.0))
     return {f"{mine} vs {peer}": {"throughput": rate(results[mine]) / rate(results[peer]),
                                   "peak_memory": results[mine]["peak_memory_mb"] / results[peer]["peak_memory_mb"]}
-            for mine in ("comal", "comal-checkpointing") for peer in ("trl-reference-model", "trl-precomputed")}
+            for mine in COMAL_VARIANTS for peer in ("trl-reference-model", "trl-precomputed")}
 
 
 def median_ratios(rounds: list[dict]) -> dict:
@@ -191,6 +194,8 @@ def main() -> None:
         data = make_data(args.pairs, 16, args.response_words, args.shape)
         result = {"comal": lambda: run_comal(args, tokenizer, data, checkpointing=False),
                   "comal-checkpointing": lambda: run_comal(args, tokenizer, data, checkpointing=True),
+                  "comal-checkpointing-unshared": lambda: run_comal(args, tokenizer, data, checkpointing=True,
+                                                                    share_prompts=False),
                   "trl-reference-model": lambda: run_trl(args, tokenizer, data, precompute=False),
                   "trl-precomputed": lambda: run_trl(args, tokenizer, data, precompute=True),
                   "throughput": lambda: throughput(args, tokenizer)}[args.variant]()
@@ -208,7 +213,8 @@ def main() -> None:
             rounds = []
             for round_number in range(args.repeats):
                 results = {}
-                for variant in VARIANTS[round_number % 4:] + VARIANTS[:round_number % 4]:
+                turn = round_number % len(VARIANTS)
+                for variant in VARIANTS[turn:] + VARIANTS[:turn]:
                     r = results[variant] = run(variant, size, shape)
                     print(f"{size} {shape} round {round_number} {variant:>20}: "
                           f"{r['tokens'] / (r['train_s'] + r.get('anchors_s', 0)):8.0f} tokens/s, "

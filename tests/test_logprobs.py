@@ -65,3 +65,47 @@ def test_response_only_logits_give_the_full_softmax_values_and_gradients(chunk, 
     torch.stack(by_hand).sum().backward()
     for (name, a), b in zip(lean.named_parameters(), full.parameters()):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_responses_sharing_their_prompt_in_one_row_give_the_values_and_gradients_of_separate_rows(attention):
+    """A prompt forwarded once for several of its responses (a 4D block mask, positions as if each
+    response were alone) changes neither the log-probs nor their gradients."""
+    tokenizer = tiny_tokenizer()
+    sequences = [encode(tokenizer, "please write hello world", ids) for ids in ([5], [6, 7, 8, 9], [10, 11])]
+    sequences += [encode(tokenizer, "say", ids) for ids in ([12, 13, 14], [15])] + [encode(tokenizer, "a b", [16, 17])]
+    packed, separate = (tiny_causal_lm(tokenizer).train() for _ in range(2))
+    for model in (packed, separate):
+        model.config._attn_implementation = attention
+    together = sequence_logps(packed, collate(sequences, tokenizer.pad_token_id, rows=[[0, 1, 2], [3, 4], [5]]))
+    alone = sequence_logps(separate, collate(sequences, tokenizer.pad_token_id))
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+    (together * torch.arange(1.0, 7.0)).sum().backward()
+    (alone * torch.arange(1.0, 7.0)).sum().backward()
+    for (name, a), b in zip(packed.named_parameters(), separate.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_prompt_is_shared_only_where_the_cost_model_says_it_saves():
+    """Rows of m responses behind one prompt cost ``per_token · L + per_pair · L²`` each: a long
+    prompt with short responses goes into one row, a short prompt with long responses into a row
+    per response; without a cost every sequence has its own row."""
+    cost = logprobs.PackingCost(per_token=100.0, per_pair=1.0)
+    long_prompt = [Encoded(tuple(range(1, 61)) + (70 + k,) * 5, 60) for k in range(4)]  # 60 + 4 × 5 = 80 tokens
+    assert cost(80) < 4 * cost(65)
+    assert logprobs.shared_prompt_rows(long_prompt, cost) == [[0, 1, 2, 3]]
+    short_prompt = [Encoded((1, 2) + (70 + k,) * 150, 2) for k in range(3)]  # one row: 452 tokens, three: 152 each
+    assert cost(452) > 3 * cost(152) and 2 * cost(302) > 3 * cost(152)
+    assert logprobs.shared_prompt_rows(short_prompt, cost) == [[0], [1], [2]]
+    assert logprobs.shared_prompt_rows(long_prompt + short_prompt, None) == [[i] for i in range(7)]
+    assert logprobs.shared_prompt_rows(short_prompt + long_prompt, cost) == [[0], [1], [2], [3, 4, 5, 6]]
+
+
+def test_batched_log_probs_group_a_prompts_sequences_and_keep_their_order():
+    tokenizer = tiny_tokenizer()
+    model = tiny_causal_lm(tokenizer)
+    sequences = [encode(tokenizer, prompt, ids) for ids in ([5, 6], [7]) for prompt in ("say", "hello world", "a")]
+    shared = batched_logps(model, sequences, tokenizer.pad_token_id, batch_size=4)
+    alone = [batched_logps(model, [s], tokenizer.pad_token_id)[0] for s in sequences]
+    np.testing.assert_allclose(shared, alone, atol=1e-5)
+    assert logprobs.shared_prompt_rows(sequences[:2] + sequences[3:5], logprobs.PackingCost.of(model)) == [[0, 2], [1, 3]]

@@ -74,17 +74,98 @@ def real_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def collate(sequences: Sequence[Encoded], pad_id: int, device=None) -> dict[str, torch.Tensor]:
-    """Left-padded ``input_ids``, ``attention_mask``, ``position_ids`` (real tokens counted from 0)
-    and the mask of response tokens; every row ends at the last column, so the responses sit in
-    the last columns and only those need logits."""
-    input_ids, attention = left_padded([s.ids for s in sequences], pad_id)
-    response = torch.zeros_like(attention, dtype=torch.bool)
-    for row, sequence in enumerate(sequences):
-        response[row, input_ids.shape[1] - len(sequence.ids) + sequence.response_start:] = True
-    batch = {"input_ids": input_ids, "attention_mask": attention, "position_ids": real_positions(attention),
-             "response_mask": response}
-    return {key: value.to(device) for key, value in batch.items()} if device is not None else batch
+def prompt_of(sequence: Encoded) -> tuple[int, ...]:
+    return sequence.ids[:sequence.response_start]
+
+
+@dataclass(frozen=True)
+class PackingCost:
+    """Relative cost of a decoder row of ``L`` tokens, ``per_token · L + per_pair · L²``: the linear
+    layers cost ``2 · (weights of a layer)`` FLOPs a token, attention ``4 · hidden`` a (query, key)
+    pair, and a masked attention computes every pair of its row."""
+
+    per_token: float
+    per_pair: float
+
+    def __call__(self, length: int) -> float:
+        return self.per_token * length + self.per_pair * length**2
+
+    @classmethod
+    def of(cls, model) -> "PackingCost | None":
+        """The model's cost, or None where its attention takes no 4D mask (flash attention), so
+        prompts cannot be shared."""
+        if getattr(model.config, "_attn_implementation", "eager") not in ("eager", "sdpa"):
+            return None
+        layer = model.get_decoder().layers[0]
+        return cls(2.0 * sum(p.numel() for p in layer.parameters()), 4.0 * model.config.hidden_size)
+
+
+def shared_prompt_rows(sequences: Sequence[Encoded], cost: PackingCost | None) -> list[list[int]]:
+    """Which sequences share a row: each prompt's responses are split into rows of ``m``
+    consecutive ones behind one copy of the prompt, ``m`` the cheapest under ``cost`` (``m = 1``,
+    a row per sequence, when packing would not save: long responses, short prompts). ``cost`` None:
+    a row per sequence."""
+    if cost is None:
+        return [[i] for i in range(len(sequences))]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, sequence in enumerate(sequences):
+        groups.setdefault(prompt_of(sequence), []).append(index)
+    rows = []
+    for prompt, members in groups.items():
+        lengths = [len(sequences[i].ids) - len(prompt) for i in members]
+        row_cost = lambda m: sum(cost(len(prompt) + sum(lengths[k:k + m])) for k in range(0, len(members), m))
+        m = min(range(1, len(members) + 1), key=row_cost)
+        rows += [members[k:k + m] for k in range(0, len(members), m)]
+    return rows
+
+
+def collate(sequences: Sequence[Encoded], pad_id: int, device=None, rows: Sequence[Sequence[int]] | None = None
+            ) -> dict[str, torch.Tensor | int]:
+    """Decoder rows (right-padded) for the log-probs of ``sequences``, and where their response
+    tokens are.
+
+    ``rows`` (:func:`shared_prompt_rows`; default a row per sequence) lists the sequences of each
+    row, which share a prompt: the row holds the prompt once, then each response, every response
+    attending to the prompt and to itself only (a 4D block mask) at the positions it would have
+    alone, so each token's log-prob is the one a row of its own would give. ``source`` indexes
+    the flattened ``[row, column]`` hidden states that predict each response token, ``target`` is
+    the token and ``owner`` its sequence. Rows of one sequence each take a 2D padding mask."""
+    rows = [[i] for i in range(len(sequences))] if rows is None else rows
+    widths = [len(prompt_of(sequences[r[0]])) + sum(len(sequences[i].ids) - sequences[i].response_start for i in r)
+              for r in rows]
+    width = max(widths)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    segment = torch.full((len(rows), width), -1, dtype=torch.long)  # 0 the prompt, j the row's j-th response
+    source, target, owner = [], [], []
+    for g, members in enumerate(rows):
+        start = sequences[members[0]].response_start
+        input_ids[g, :start] = torch.tensor(prompt_of(sequences[members[0]]), dtype=torch.long)
+        positions[g, :start], segment[g, :start] = torch.arange(start), 0
+        column = start
+        for j, s in enumerate(members, 1):
+            response = sequences[s].ids[start:]
+            end = column + len(response)
+            input_ids[g, column:end] = torch.tensor(response, dtype=torch.long)
+            positions[g, column:end], segment[g, column:end] = torch.arange(start, start + len(response)), j
+            for i in range(len(response)):  # the first token is predicted from the prompt's last one
+                if start + i > 0:
+                    source.append(g * width + (start - 1 if i == 0 else column + i - 1))
+                    target.append(response[i])
+                    owner.append(s)
+            column = end
+    real = segment >= 0
+    if all(len(members) == 1 for members in rows):
+        attention = real.long()
+    else:  # causal, a response sees the prompt and itself; a padding column sees itself (no empty softmax row)
+        query, key = segment[:, :, None], segment[:, None, :]
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        attention = (causal & real[:, None, :] & ((key == 0) | (key == query))) | torch.eye(width, dtype=torch.bool)
+        attention = attention[:, None]
+    batch = {"input_ids": input_ids, "attention_mask": attention, "position_ids": positions,
+             "source": torch.tensor(source, dtype=torch.long), "target": torch.tensor(target, dtype=torch.long),
+             "owner": torch.tensor(owner, dtype=torch.long), "count": len(sequences)}
+    return {k: v.to(device) if device is not None and torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
@@ -106,44 +187,50 @@ LOGIT_BUDGET = 64 * 2**20  # bytes of full-vocabulary logits held at once (float
 
 def _token_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
                  logit_bias: torch.Tensor | None) -> torch.Tensor:
-    """``log softmax(h Wᵀ + b)[y]`` for a chunk of positions ``[B, C, H] → [B, C]``."""
+    """``log softmax(h Wᵀ + b)[y]`` for a chunk of tokens ``[T, H] → [T]``."""
     logits = torch.nn.functional.linear(hidden, weight, bias).float()
     if logit_bias is not None:
         logits = logits + logit_bias
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``log π(y|x)`` per row: the sum of next-token log-probs over the response tokens.
+def sequence_logps(model, batch: dict) -> torch.Tensor:
+    """``log π(y|x)`` per sequence of a :func:`collate` batch: the sum of its response tokens'
+    next-token log-probs.
 
-    The decoder runs once; the output layer then runs over the response columns only, each token's
-    log-prob its logit minus its position's log-sum-exp. Where the logits of all those columns would
-    exceed ``LOGIT_BUDGET`` bytes (a large vocabulary), they are computed a chunk of positions at a
-    time and, with gradients, recomputed in the backward pass (activation checkpointing), so no
-    ``[rows, length, vocabulary]`` tensor exists in the forward or the backward pass. A model with a ``logit_bias(vocabulary,
-    length)`` method (the testbed's constrained policy) has it added to its logits, as its forward does.
+    The decoder runs once; the output layer then runs over the hidden states that predict response
+    tokens only, each token's log-prob its logit minus its position's log-sum-exp. Where the logits
+    of all those tokens would exceed ``LOGIT_BUDGET`` bytes (a large vocabulary), they are computed
+    a chunk of tokens at a time and, with gradients, recomputed in the backward pass (activation
+    checkpointing), so no ``[tokens, vocabulary]`` tensor of the whole batch exists in the forward or
+    the backward pass. A model with a ``logit_bias(vocabulary, length)`` method (the testbed's
+    constrained policy) has it added to its logits at each token's position, as its forward does.
     """
     from torch.utils.checkpoint import checkpoint
 
-    mask = batch["response_mask"]
-    keep = min(int(mask.sum(-1).max()) + 1, mask.shape[1])  # the response columns and the one before them
-    if keep < 2:
-        return torch.zeros(mask.shape[0], device=mask.device)
-    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                 position_ids=batch["position_ids"]).last_hidden_state[:, -keep:-1]
-    targets = batch["input_ids"][:, -(keep - 1):]
+    source, targets = batch["source"], batch["target"]
+    values = torch.zeros(batch["count"], device=source.device)
+    if len(source) == 0:
+        return values
+    mask = batch["attention_mask"]
+    if mask.dim() == 4 and getattr(model.config, "_attn_implementation", "eager") == "eager":  # eager adds its mask
+        mask = torch.zeros(mask.shape, dtype=model.dtype, device=mask.device).masked_fill(~mask, torch.finfo(model.dtype).min)
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=mask,
+                                 position_ids=batch["position_ids"]).last_hidden_state
+    hidden = hidden.flatten(0, 1)[source]
     head = model.get_output_embeddings()
-    width = mask.shape[1]
-    add = model.logit_bias(head.weight.shape[0], width)[width - keep:width - 1].to(hidden.device) \
-        if hasattr(model, "logit_bias") else None
-    size = max(1, LOGIT_BUDGET // (4 * hidden.shape[0] * head.weight.shape[0]))  # positions a chunk
-    recompute = torch.is_grad_enabled() and size < keep - 1
+    add = None
+    if hasattr(model, "logit_bias"):
+        positions = batch["position_ids"].flatten()[source]
+        add = model.logit_bias(head.weight.shape[0], int(positions.max()) + 1).to(hidden.device)[positions]
+    size = max(1, LOGIT_BUDGET // (4 * head.weight.shape[0]))  # tokens a chunk
+    recompute = torch.is_grad_enabled() and size < len(source)
     chunks = []
-    for start in range(0, keep - 1, size):
-        part = (hidden[:, start:start + size], head.weight, head.bias, targets[:, start:start + size],
+    for start in range(0, len(source), size):
+        part = (hidden[start:start + size], head.weight, head.bias, targets[start:start + size],
                 None if add is None else add[start:start + size])
         chunks.append(checkpoint(_token_logps, *part, use_reentrant=False) if recompute else _token_logps(*part))
-    return (torch.cat(chunks, dim=1) * mask[:, width - (keep - 1):]).sum(dim=-1)
+    return values.index_add(0, batch["owner"], torch.cat(chunks).to(values.dtype))
 
 
 class SequenceLogps(torch.nn.Module):
@@ -159,13 +246,21 @@ class SequenceLogps(torch.nn.Module):
 
 
 def batched_logps(model, sequences: Sequence[Encoded], pad_id: int, batch_size: int = 8,
-                  advance: Callable[[int], None] = lambda count: None) -> np.ndarray:
-    """Sequence log-probs of many sequences, without gradients, in float64 (``advance`` counts them)."""
+                  advance: Callable[[int], None] = lambda count: None, share_prompts: bool = True) -> np.ndarray:
+    """Sequence log-probs of many sequences, without gradients, in float64 (``advance`` counts them).
+    The sequences are taken a prompt's together, ``batch_size`` a batch, and (``share_prompts``)
+    packed behind one copy of their prompt where that saves (:func:`shared_prompt_rows`)."""
     device = next(model.parameters()).device
-    values = []
+    cost = PackingCost.of(model) if share_prompts else None
+    rank: dict[tuple[int, ...], int] = {}  # prompts in order of first appearance
+    for sequence in sequences:
+        rank.setdefault(prompt_of(sequence), len(rank))
+    order = sorted(range(len(sequences)), key=lambda i: rank[prompt_of(sequences[i])])
+    values = np.empty(len(sequences))
     with torch.no_grad():
-        for start in range(0, len(sequences), batch_size):
-            batch = collate(sequences[start:start + batch_size], pad_id, device)
-            values.append(sequence_logps(model, batch).double().cpu().numpy())
-            advance(len(values[-1]))
-    return np.concatenate(values) if values else np.empty(0)
+        for start in range(0, len(order), batch_size):
+            chosen = [sequences[i] for i in order[start:start + batch_size]]
+            batch = collate(chosen, pad_id, device, shared_prompt_rows(chosen, cost))
+            values[order[start:start + batch_size]] = sequence_logps(model, batch).double().cpu().numpy()
+            advance(len(chosen))
+    return values

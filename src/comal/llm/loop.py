@@ -233,6 +233,7 @@ class Run:
         return write_sharded(self.folder.fit(t, step.output, "logprobs"), groups, lambda out, share: logprobs_stage(
             out, rows=[rows[i] for group in share for i in group], anchors=anchors, load_model=parts.load_model,
             tokenizer=parts.tokenizer, batch_size=self.config.training.batch_size,
+            share_prompts=self.config.training.share_prompts,
             bar=prefixed(self.bar, f"iteration {t} fit {step.output}")),
             lambda shards, shares, out: merge_logprobs(shards, shares, out, groups), self.processes)
 

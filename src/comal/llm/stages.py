@@ -232,14 +232,14 @@ def encode_rows(rows: Sequence[dict], tokenizer) -> list[tuple[Encoded, Encoded 
 
 
 def distinct_logps(model, sequences: Sequence[Encoded], pad_id: int, batch_size: int,
-                   advance: Advance = lambda count: None) -> dict[Encoded, float]:
+                   advance: Advance = lambda count: None, share_prompts: bool = True) -> dict[Encoded, float]:
     """Sequence log-probs of each distinct sequence, computed once."""
     distinct = list(dict.fromkeys(sequences))
-    return dict(zip(distinct, batched_logps(model, distinct, pad_id, batch_size, advance).tolist()))
+    return dict(zip(distinct, batched_logps(model, distinct, pad_id, batch_size, advance, share_prompts).tolist()))
 
 
 def logprobs_stage(out: Path, *, rows: Sequence[dict], anchors: Mapping[str, Path], load_model: Callable, tokenizer,
-                   batch_size: int, bar: Bar = no_bar) -> None:
+                   batch_size: int, share_prompts: bool = True, bar: Bar = no_bar) -> None:
     """Columns ``<policy>_first`` / ``<policy>_second``: log-probs of every row's responses under each anchor
     (anchors that are one checkpoint, as π_t and μ are at the start, are computed once)."""
     encoded = encode_rows(rows, tokenizer)
@@ -254,7 +254,7 @@ def logprobs_stage(out: Path, *, rows: Sequence[dict], anchors: Mapping[str, Pat
         for name, checkpoint in sorted(checkpoints.items()):
             if checkpoint not in computed:
                 computed[checkpoint] = distinct_logps(load_model(anchors[name]), sequences, tokenizer.pad_token_id,
-                                                      batch_size, advance)
+                                                      batch_size, advance, share_prompts)
             values = computed[checkpoint]
             for side, index in (("first", 0), ("second", 1)):
                 if any(pair[index] is not None for pair in encoded):

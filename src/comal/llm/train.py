@@ -17,7 +17,7 @@ from typing import Literal, Mapping, Sequence
 import torch
 from pydantic import BaseModel, Field, model_validator
 
-from comal.llm.logprobs import Encoded, SequenceLogps, collate
+from comal.llm.logprobs import Encoded, PackingCost, SequenceLogps, collate, shared_prompt_rows
 from comal.llm.losses import step_loss
 from comal.llm.progress import Bar, no_bar
 from comal.rules import ProxStep
@@ -49,6 +49,8 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="auto: bf16 where supported")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, slower")
+    share_prompts: bool = Field(True, description="forward a prompt once for the responses of it a batch holds, "
+                                "where that saves (eager or sdpa attention)")
     report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list,
                                                            description="accelerate trackers besides metrics.jsonl")
     seed: Seed = 0
@@ -71,16 +73,18 @@ def _precision(choice: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def _collate_rows(rows: Sequence[TrainRow], pad_id: int) -> dict:
+def _collate_rows(rows: Sequence[TrainRow], pad_id: int, cost: PackingCost | None = None) -> dict:
     """One padded batch of the batch's *distinct* sequences (one forward pass: the soft rows of a
-    prompt share its m responses among m(m − 1)/2 pairs), their indices per row, and the columns."""
+    prompt share its m responses among m(m − 1)/2 pairs; with ``cost``, a prompt's responses share
+    one copy of it where that saves), their indices per row, and the columns."""
     names = sorted({name for row in rows for name in row.anchors_first})
     pairwise = rows[0].second is not None
     position: dict[Encoded, int] = {}
     for row in rows:
         for sequence in (row.first, row.second) if pairwise else (row.first,):
             position.setdefault(sequence, len(position))
-    batch = {"sequences": collate(list(position), pad_id),
+    sequences = list(position)
+    batch = {"sequences": collate(sequences, pad_id, rows=shared_prompt_rows(sequences, cost)),
              "first": torch.tensor([position[row.first] for row in rows]),
              "anchors_first": {n: torch.tensor([row.anchors_first[n] for row in rows]) for n in names},
              "target": torch.tensor([row.target for row in rows]),
@@ -173,6 +177,7 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
                                   fused=accelerator.device.type in ("cpu", "cuda"))
     total = config.epochs * len(step_batches(rows, config, 0))
     scheduler = get_linear_schedule_with_warmup(optimiser, int(config.warmup_ratio * total), total)
+    cost = PackingCost.of(model) if config.share_prompts else None
     prepared, optimiser = accelerator.prepare(SequenceLogps(model), optimiser)
     prepared.train()
     metrics, log = [], open(log_path, "a") if log_path is not None and accelerator.is_main_process else None
@@ -180,7 +185,7 @@ def train(model, rows: Sequence[TrainRow], step: ProxStep, config: TrainConfig, 
         for epoch in range(config.epochs):
             for micro_batches in step_batches(rows, config, epoch):
                 record = _optimiser_step(prepared, rows, micro_batches, optimiser, scheduler, accelerator, step,
-                                         config, pad_id)
+                                         config, pad_id, cost)
                 metrics.append({"epoch": epoch, "step": len(metrics), **record})
                 accelerator.log(metrics[-1], step=len(metrics))
                 if log is not None:
@@ -215,7 +220,8 @@ def _check_sharding(accelerator, config: TrainConfig) -> None:
 
 
 def _optimiser_step(logps: SequenceLogps, rows: Sequence[TrainRow], micro_batches: list[list[int]], optimiser,
-                    scheduler, accelerator, step: ProxStep, config: TrainConfig, pad_id: int) -> dict:
+                    scheduler, accelerator, step: ProxStep, config: TrainConfig, pad_id: int,
+                    cost: PackingCost | None) -> dict:
     """One optimiser step on its micro-batches (this process's share of each); the step's metrics."""
     from accelerate.utils import send_to_device
 
@@ -224,7 +230,7 @@ def _optimiser_step(logps: SequenceLogps, rows: Sequence[TrainRow], micro_batche
     totals = [0.0, 0.0, 0.0, 0.0]  # Σ wℓ / Σ w, Σ margin, rows, rows with a positive margin
     for number, micro_batch in enumerate(micro_batches):
         part, counts = process_share(micro_batch, accelerator.process_index, accelerator.num_processes)
-        batch = send_to_device(_collate_rows([rows[i] for i in part], pad_id), accelerator.device)
+        batch = send_to_device(_collate_rows([rows[i] for i in part], pad_id, cost), accelerator.device)
         last = number == len(micro_batches) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(logps):  # all-reduce once a step
             losses, margins = row_losses(logps, step, batch)
