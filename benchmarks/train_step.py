@@ -20,7 +20,7 @@ its R per-round ratios (each round's ratios are saved as well).
 
     python benchmarks/train_step.py                  # needs trl (a benchmark-only extra)
     python benchmarks/train_step.py --sizes tiny --shapes pairs --pairs 32
-    python benchmarks/train_step.py --repeats 3      # benchmarks/results/train_step.json (about an hour on 2 cores)
+    python benchmarks/train_step.py --repeats 3      # benchmarks/results/train_step.json (31 minutes on 2 cores)
 """
 
 from __future__ import annotations
