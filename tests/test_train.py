@@ -63,6 +63,20 @@ def test_activation_checkpointing_changes_memory_not_results():
     assert results[0] == pytest.approx(results[1], rel=1e-4)
 
 
+def test_sharing_prompts_changes_speed_not_results():
+    """A pair's prompt forwarded once for both responses (packed rows) trains the same model."""
+    from comal.llm.logprobs import PackingCost, shared_prompt_rows
+
+    tokenizer = tiny_tokenizer()
+    step = make_rule("inpo", paper_3x3()).prox_steps()[0]
+    rows = _rows(tokenizer, tiny_causal_lm(tokenizer), step)
+    assert shared_prompt_rows([rows[0].first, rows[0].second], PackingCost.of(tiny_causal_lm(tokenizer))) == [[0, 1]]
+    results = [_fresh_losses(TrainConfig(epochs=3, learning_rate=1e-2, batch_size=2, warmup_ratio=0.0,
+                                         share_prompts=share))
+               for share in (False, True)]
+    assert results[0] == pytest.approx(results[1], rel=1e-4)
+
+
 def test_metrics_reach_tensorboard(tmp_path):
     tokenizer = tiny_tokenizer()
     model = tiny_causal_lm(tokenizer)

@@ -205,7 +205,8 @@ class Run:
                 else (lambda: self.folder.require(self.folder.round(t, CURRENT, "judge"), "the judged round of π_t"))
             estimates = RoundEstimates(round_of_current, state.policies,
                                        load_model=parts.load_model, tokenizer=parts.tokenizer,
-                                       batch_size=self.config.training.batch_size, current=CURRENT)
+                                       batch_size=self.config.training.batch_size, current=CURRENT,
+                                       share_prompts=self.config.training.share_prompts)
             moved = self.config.rule_at(t).reference_due(state._replace(policies=estimates.policies), estimates.advantages)
             write_json(out / "decision.json", {"moved": bool(moved), "since_reference": state.since_reference,
                                                "reference_updates": state.reference_updates})

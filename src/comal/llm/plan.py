@@ -107,7 +107,8 @@ def probe(config: RunConfig, prompts: int = 2) -> ProbeRates:
     sequences = [encode(tokenizer, prompt, ids) for prompt, per_prompt in zip(drawn.prompts, drawn.response_ids)
                  for ids in per_prompt]
     started = time.perf_counter()
-    batched_logps(model, sequences, tokenizer.pad_token_id, config.training.batch_size)
+    batched_logps(model, sequences, tokenizer.pad_token_id, config.training.batch_size,
+                  share_prompts=config.training.share_prompts)
     forwarded = time.perf_counter() - started
 
     step = run.prox_steps(0)[-1]

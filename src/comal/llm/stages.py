@@ -323,9 +323,10 @@ class RoundEstimates:
     """
 
     def __init__(self, judged: Callable[[], Path], policies: Mapping[str, Path], *, load_model: Callable,
-                 tokenizer, batch_size: int, current: str):
+                 tokenizer, batch_size: int, current: str, share_prompts: bool = True):
         self.judged, self.checkpoints, self.current = judged, policies, current
         self.load_model, self.tokenizer, self.batch_size = load_model, tokenizer, batch_size
+        self.share_prompts = share_prompts
         self.policies = _Lazy(policies, self._log_policy, "policy")
         self.advantages = _Lazy((current,), self._advantages, "advantage (only the current policy is sampled)")
 
@@ -346,7 +347,7 @@ class RoundEstimates:
         records = self._records()
         encoded = [[encode(self.tokenizer, r["prompt"], ids) for ids in r["response_ids"]] for r, _ in records]
         values = distinct_logps(self.load_model(self.checkpoints[name]), [e for row in encoded for e in row],
-                                self.tokenizer.pad_token_id, self.batch_size)
+                                self.tokenizer.pad_token_id, self.batch_size, share_prompts=self.share_prompts)
         return self._padded([log_softmax(np.array([values[e] for e in row])) for row in encoded], -np.inf)
 
     def _advantages(self, name: str) -> np.ndarray:
