@@ -21,6 +21,7 @@ its R per-round ratios (each round's ratios are saved as well).
     python benchmarks/train_step.py                  # needs trl (a benchmark-only extra)
     python benchmarks/train_step.py --sizes tiny --shapes pairs --pairs 32
     python benchmarks/train_step.py --repeats 3      # benchmarks/results/train_step.json (31 minutes on 2 cores)
+    python benchmarks/train_step.py --repeats 3 --precision bf16 --out benchmarks/results/train_step_gpu_bf16.json  # on a GPU
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def run_comal(args, tokenizer, data, checkpointing: bool, share_prompts: bool = 
             for f, s, a, b in zip(firsts, seconds, anchor_first, anchor_second)]
     start = time.perf_counter()
     train(model, rows, step, TrainConfig(epochs=1, batch_size=args.batch, learning_rate=1e-5, warmup_ratio=0.0,
-                                          mixed_precision="no", gradient_checkpointing=checkpointing,
+                                          mixed_precision=args.precision, gradient_checkpointing=checkpointing,
                                           share_prompts=share_prompts),
           pad_id=tokenizer.pad_token_id)
     train_seconds = time.perf_counter() - start
@@ -125,7 +126,7 @@ def run_trl(args, tokenizer, data, precompute: bool) -> dict:
     config = DPOConfig(output_dir="/tmp/comal-trl-bench", loss_type="ipo", beta=1.0 / args.eta,
                        per_device_train_batch_size=args.batch, num_train_epochs=1, learning_rate=1e-5,
                        precompute_ref_log_probs=precompute, report_to=[], use_cpu=not torch.cuda.is_available(),
-                       bf16=False, logging_steps=10_000, save_strategy="no", disable_tqdm=True, seed=0)
+                       bf16=args.precision == "bf16", logging_steps=10_000, save_strategy="no", disable_tqdm=True, seed=0)
     trainer = DPOTrainer(model=model, ref_model=reference, args=config, train_dataset=Dataset.from_list(data),
                          processing_class=tokenizer)
     setup_seconds = time.perf_counter() - start
@@ -187,6 +188,8 @@ def main() -> None:
     parser.add_argument("--eta", type=float, default=10.0)
     parser.add_argument("--tau-eta-ratio", type=float, default=1 / 3)
     parser.add_argument("--repeats", type=int, default=1, help="rounds of all variants, in rotated order")
+    parser.add_argument("--precision", choices=["no", "bf16"], default="no",
+                        help="bf16: mixed precision training on both sides (anchors stay float32, as comal run computes them)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train_step.json")
     args = parser.parse_args()
     tokenizer = tiny_tokenizer()
