@@ -40,6 +40,25 @@ def test_gguf_package_becomes_a_folder_that_loads_trains_and_saves_again(smollm2
     model.save_pretrained(tmp_path / "again")  # what a GGUF-loaded model refuses ("not serializable")
 
 
+def test_the_real_chat_model_gives_the_same_log_probs_with_its_prompts_shared(smollm2):
+    """SmolLM2's chat template and 30 layers: a prompt forwarded once for its responses (the cost
+    model packs these) gives each response the log-prob it has in a row of its own."""
+    from comal.llm.logprobs import PackingCost, batched_logps, encode, shared_prompt_rows
+
+    out, _ = smollm2
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    prompts = ["What is the capital of France? Answer in one short sentence, please.", "Name a prime number."]
+    answers = ["Paris.", "The capital of France is Paris.", "I think it is Lyon, but I am not sure.", "7", "Two."]
+    sequences = [encode(tokenizer, prompts[0 if i < 3 else 1], tokenizer(a, add_special_tokens=False)["input_ids"]
+                        + [tokenizer.eos_token_id]) for i, a in enumerate(answers)]
+    assert [len(row) for row in shared_prompt_rows(sequences, PackingCost.of(model))] == [3, 2]
+    shared = batched_logps(model, sequences, tokenizer.pad_token_id, batch_size=5)
+    alone = [batched_logps(model, [s], tokenizer.pad_token_id)[0] for s in sequences]
+    assert shared == pytest.approx(alone, abs=1e-4)  # measured: 2e-6 to 2e-5
+    assert shared[1] > shared[2]  # the model knows the answer
+
+
 def test_an_existing_output_is_never_overwritten_unasked(smollm2):
     out, _ = smollm2
     before = (out / "config.json").read_text()
