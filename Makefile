@@ -54,11 +54,12 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed smollm2
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python benchmarks/tabular.py
 	$(BIN)/python benchmarks/random_games.py
-	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/train_step.py --repeats 3
+	$(BIN)/python benchmarks/shared_prompts.py
 	$(BIN)/python benchmarks/testbed_sweep.py
 	$(BIN)/python benchmarks/fit_accuracy.py
 	$(BIN)/python benchmarks/testbed.py
