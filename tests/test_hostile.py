@@ -191,6 +191,25 @@ def test_a_run_folder_is_its_run_under_any_spelling_and_after_its_files_move(tmp
     assert finished != before  # the resume rewrote config.json with the new path, and nothing else changed
 
 
+def test_settings_of_how_a_run_computes_do_not_make_it_another_run(tmp_path):
+    """training.share_prompts, gradient_checkpointing and report_to change the computation, not the
+    numbers: a finished run resumes across them, and so does a folder made before they existed
+    (its identity.json without them); a setting that changes the numbers is still refused."""
+    tiny_config(tmp_path)
+    code, _, err = comal("run", tmp_path / "config.yaml", "--out", tmp_path / "run")
+    assert code == 0, err
+    identity_file = tmp_path / "run" / "identity.json"
+    recorded = json.loads(identity_file.read_text())
+    assert "training.epochs" in recorded and "training.share_prompts" not in recorded
+    identity_file.write_text(json.dumps({**recorded, "training.gradient_checkpointing": False}))  # an older folder
+    tiny_config(tmp_path, training__share_prompts=False, training__gradient_checkpointing=True)
+    code, _, err = comal("run", tmp_path / "config.yaml", "--out", tmp_path / "run")
+    assert code == 0, err
+    tiny_config(tmp_path, training__epochs=2)
+    code, _, err = comal("run", tmp_path / "config.yaml", "--out", tmp_path / "run")
+    assert refused(code, err, "holds a run with other settings (training.epochs: 1 there, 2 now)"), err
+
+
 # ------------------------------------------------------------------ one process per folder
 def test_a_held_folder_is_refused_with_the_pid_and_taken_over_once_its_process_died(tmp_path):
     folder = tmp_path / "run"

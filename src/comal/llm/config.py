@@ -167,12 +167,13 @@ class RunConfig(Strict):
 
     def identity(self, known: dict | None = None, defines: dict | None = None) -> dict:
         """What defines this run's numbers, key by key (:func:`~comal.llm.run_folder.flatten`): every
-        setting, with each absolute path of :data:`PATH_KEYS` (:func:`load_config` makes them so)
-        replaced by the digest of the file or folder's content, so neither its spelling nor a move
+        setting but those of :data:`~comal.llm.run_folder.HOW_NOT_WHAT`, with each absolute path of
+        :data:`PATH_KEYS` (:func:`load_config` makes them so) replaced by the digest of the file or
+        folder's content, so neither its spelling nor a move
         matters (a name that is no absolute path, such as the demo's ``testbed``, is kept), and
         ``defines``: what else sets the numbers (the demo's testbed). ``known`` caches digests
         (:func:`~comal.llm.run_folder.content_digest`)."""
-        from comal.llm.run_folder import by_content, flatten
+        from comal.llm.run_folder import HOW_NOT_WHAT, by_content, flatten
 
         def with_digests(settings: dict) -> dict:  # in place: model_dump's dicts are fresh
             for part in (settings.get("judge") or {}).get("judges") or []:
@@ -186,7 +187,8 @@ class RunConfig(Strict):
             return settings
 
         dump = with_digests(self.model_dump(mode="json"))
-        return flatten({**dump, "defines": defines or {}})
+        return {key: value for key, value in flatten({**dump, "defines": defines or {}}).items()
+                if key not in HOW_NOT_WHAT}
 
     def rule_at(self, t: int) -> Rule:
         """The rule of iteration ``t``: :meth:`rule` with η annealed toward ``eta_final``."""

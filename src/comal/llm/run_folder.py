@@ -148,6 +148,11 @@ def by_content(path: str, known: dict | None = None) -> str:
     return path if digest is None else f"content {digest}"
 
 
+# settings that change how a run computes, not its numbers (beyond float rounding), so a folder is
+# resumed across them, including a folder made before they existed
+HOW_NOT_WHAT = frozenset({"training.share_prompts", "training.gradient_checkpointing", "training.report_to"})
+
+
 def flatten(settings: dict, prefix: str = "") -> dict:
     """``{"a": {"b": 1}}`` as ``{"a.b": 1}``: settings compared, and differences named, key by key."""
     flat = {}
@@ -258,6 +263,7 @@ class RunFolder:
             recorded = identity_of_config(self.config_file.read_text())
         else:
             return
+        recorded = {key: value for key, value in recorded.items() if key not in HOW_NOT_WHAT}
         if recorded != identity:
             raise RunError(f"{self.root} holds a run with other settings ({differences(recorded, identity)}); "
                            "its stages would be reused. Resume it with the same settings, or choose a new folder")
