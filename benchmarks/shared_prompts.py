@@ -69,12 +69,12 @@ def main() -> None:
         sys.exit(f"error: no model at {args.model}; run `make smollm2` first, or pass --model")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from comal.llm.logprobs import conversation_text
+    from comal.llm.logprobs import conversation_text, with_pad_token
 
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    tokenizer = with_pad_token(AutoTokenizer.from_pretrained(args.model))
+    pad_id = tokenizer.pad_token_id
     lines = (ROOT / "data" / "ultrafeedback_prompts_test.jsonl").read_text().splitlines()
     order = np.random.default_rng(args.seed).permutation(len(lines))
     length = lambda text: len(tokenizer(conversation_text(tokenizer, text), add_special_tokens=False)["input_ids"])

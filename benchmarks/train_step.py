@@ -2,11 +2,11 @@
 ``loss_type="ipo"`` (holding a reference model, and with precomputed reference log-probs), on the
 same model, data and batch; comal with and without activation checkpointing, which TRL's
 DPOConfig turns on by default, and with checkpointing but without forwarding a prompt once for
-the responses that share it (``training.share_prompts: false``), to show what that saves. Each variant runs in its own process so peak memory is its own,
-counted from before any model is built (the weights, and TRL's reference copy, included). Every
-cost is timed on both sides: comal's encoding of the rows and its anchors' log-probs; TRL's
-trainer construction, which tokenises the dataset and (TRL ≥ 1.1) precomputes the reference
-log-probs there, before ``train()``. Two data shapes: ``pairs`` (every row its own two responses,
+the responses that share it (``training.share_prompts: false``), to show what that saves. Each
+variant runs in its own process so peak memory is its own, counted from before any model is built
+(the weights, and TRL's reference copy, included). Every cost is timed on both sides: comal's
+encoding of the rows and its anchors' log-probs; TRL's trainer construction, which tokenises the
+dataset and (TRL ≥ 1.1) precomputes the reference log-probs there, before ``train()``. Two data shapes: ``pairs`` (every row its own two responses,
 as hard rows) and ``shared`` (k = 4 responses a prompt and all 6 pairs among them, as COMAL's soft
 rows train: comal forwards each distinct response once a batch, TRL each pair's two). At two
 sizes: a 4-layer Llama with hidden size 256, and SmolLM2-135M's architecture (randomly initialised

@@ -91,13 +91,18 @@ class PackingCost:
         return self.per_token * length + self.per_pair * length**2
 
     @classmethod
-    def of(cls, model) -> "PackingCost | None":
+    def of(cls, model) -> PackingCost | None:
         """The model's cost, or None where its attention takes no 4D mask (flash attention), so
         prompts cannot be shared."""
         if getattr(model.config, "_attn_implementation", "eager") not in ("eager", "sdpa"):
             return None
         layer = model.get_decoder().layers[0]
         return cls(2.0 * sum(p.numel() for p in layer.parameters()), 4.0 * model.config.hidden_size)
+
+
+def row_length(sequences: Sequence[Encoded], row: Sequence[int]) -> int:
+    """Tokens of a decoder row holding the prompt of ``row``'s sequences once, then each response."""
+    return sequences[row[0]].response_start + sum(len(sequences[i].ids) - sequences[i].response_start for i in row)
 
 
 def shared_prompt_rows(sequences: Sequence[Encoded], cost: PackingCost | None) -> list[list[int]]:
@@ -111,11 +116,9 @@ def shared_prompt_rows(sequences: Sequence[Encoded], cost: PackingCost | None) -
     for index, sequence in enumerate(sequences):
         groups.setdefault(prompt_of(sequence), []).append(index)
     rows = []
-    for prompt, members in groups.items():
-        lengths = [len(sequences[i].ids) - len(prompt) for i in members]
-        row_cost = lambda m: sum(cost(len(prompt) + sum(lengths[k:k + m])) for k in range(0, len(members), m))
-        m = min(range(1, len(members) + 1), key=row_cost)
-        rows += [members[k:k + m] for k in range(0, len(members), m)]
+    for members in groups.values():
+        splits = [[members[k:k + m] for k in range(0, len(members), m)] for m in range(1, len(members) + 1)]
+        rows += min(splits, key=lambda split: sum(cost(row_length(sequences, row)) for row in split))
     return rows
 
 
@@ -130,10 +133,8 @@ def collate(sequences: Sequence[Encoded], pad_id: int, device=None, rows: Sequen
     alone, so each token's log-prob is the one a row of its own would give. ``source`` indexes
     the flattened ``[row, column]`` hidden states that predict each response token, ``target`` is
     the token and ``owner`` its sequence. Rows of one sequence each take a 2D padding mask."""
-    rows = [[i] for i in range(len(sequences))] if rows is None else rows
-    widths = [len(prompt_of(sequences[r[0]])) + sum(len(sequences[i].ids) - sequences[i].response_start for i in r)
-              for r in rows]
-    width = max(widths)
+    rows = shared_prompt_rows(sequences, None) if rows is None else rows
+    width = max(row_length(sequences, row) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     segment = torch.full((len(rows), width), -1, dtype=torch.long)  # 0 the prompt, j the row's j-th response
@@ -148,11 +149,11 @@ def collate(sequences: Sequence[Encoded], pad_id: int, device=None, rows: Sequen
             end = column + len(response)
             input_ids[g, column:end] = torch.tensor(response, dtype=torch.long)
             positions[g, column:end], segment[g, column:end] = torch.arange(start, start + len(response)), j
-            for i in range(len(response)):  # the first token is predicted from the prompt's last one
-                if start + i > 0:
-                    source.append(g * width + (start - 1 if i == 0 else column + i - 1))
-                    target.append(response[i])
-                    owner.append(s)
+            if response:  # each token is predicted at the column before it, the first at the prompt's last
+                skip = int(start == 0)  # without a prompt nothing predicts the first token
+                source += [g * width + c for c in ([start - 1] + list(range(column, end - 1)))[skip:]]
+                target += response[skip:]
+                owner += [s] * (len(response) - skip)
             column = end
     real = segment >= 0
     if all(len(members) == 1 for members in rows):
@@ -214,7 +215,8 @@ def sequence_logps(model, batch: dict) -> torch.Tensor:
         return values
     mask = batch["attention_mask"]
     if mask.dim() == 4 and getattr(model.config, "_attn_implementation", "eager") == "eager":  # eager adds its mask
-        mask = torch.zeros(mask.shape, dtype=model.dtype, device=mask.device).masked_fill(~mask, torch.finfo(model.dtype).min)
+        blocked = torch.finfo(model.dtype).min
+        mask = torch.zeros(mask.shape, dtype=model.dtype, device=mask.device).masked_fill(~mask, blocked)
     hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=mask,
                                  position_ids=batch["position_ids"]).last_hidden_state
     hidden = hidden.flatten(0, 1)[source]
