@@ -124,10 +124,13 @@ def test_any_option_values_give_a_finite_run_or_one_line_naming_the_option(tmp_p
 
 
 def _small_iterations(text: str, limit: int = 10**5) -> bool:
+    """Whether a count the command may accept is small enough to run here. The CLI takes a float text
+    with no fraction as its integer too ('1000000000.0' is a billion iterations), so such texts count."""
     try:
-        return int(text) <= limit
+        number = float(text)
     except ValueError:
-        return True  # not an integer: refused
+        return True  # not a number: refused
+    return not (math.isfinite(number) and number.is_integer()) or number <= limit
 
 
 # ------------------------------------------------------------------ config keys
