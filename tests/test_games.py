@@ -1,6 +1,7 @@
 """Games: validation, loading, exact Nash, regularised Nash and measures against known values."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -85,6 +86,9 @@ def test_fixed_point_residual_is_zero_only_at_the_fixed_point():
     log_policy = np.log(solved.policy)
     assert fixed_point_residual(log_policy, reference, advantage(game, solved.policy), 0.1) < 1e-12
     assert fixed_point_residual(reference, reference, advantage(game, np.exp(reference)), 0.1) > 0.1
+    with warnings.catch_warnings():  # a subnormal τ (found by the fuzz test): a/τ would overflow to NaN
+        warnings.simplefilter("error")
+        assert fixed_point_residual(log_policy, reference, advantage(game, solved.policy), 1e-310) == np.inf
 
 
 def test_rotation_speed_matches_eigenvalues():

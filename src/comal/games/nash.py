@@ -82,9 +82,16 @@ class RegularizedNash:
 
 def fixed_point_residual(log_policy: np.ndarray, log_reference: np.ndarray, advantages: np.ndarray,
                          tau: float) -> float:
-    """``max |log π − log softmax(log μ + a_π/τ)|`` given ``a_π``: zero exactly at ``π*_τ(μ)``."""
-    target = log_softmax(log_reference + advantages / tau, axis=-1)
+    """``max |log π − log softmax(log μ + a_π/τ)|`` given ``a_π``: zero exactly at ``π*_τ(μ)``.
+
+    ``a_π`` is shifted by its maximum over the support of μ before the division, which leaves the
+    softmax unchanged and keeps ``a/τ`` from overflowing at a tiny τ (the residual is then inf, not NaN).
+    """
     support = np.isfinite(log_reference)
+    highest = np.max(np.where(support, advantages, -np.inf), axis=-1, keepdims=True)
+    with np.errstate(over="ignore", under="ignore"):  # to −inf or 0: both are the right limits
+        scaled = np.where(support, (advantages - highest) / tau, -np.inf)
+    target = log_softmax(log_reference + scaled, axis=-1)
     return float(np.max(np.abs(np.where(support, log_policy - target, 0.0))))
 
 
